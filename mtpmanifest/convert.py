@@ -1,0 +1,92 @@
+"""Convert: a function of (manifest, source checkpoint) only. Streams one output tensor at a time;
+expert stacks and large tensors are produced in row chunks, so peak memory stays near one tensor."""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Iterator
+
+import gguf
+import numpy as np
+from tqdm import tqdm
+
+from .gguf_out import ChunkedTensor, write_gguf
+from .manifest import Manifest, TensorEntry
+from .ops import op_registry
+from .source import Checkpoint
+
+log = logging.getLogger(__name__)
+CHUNK_ELEMENTS = 1 << 24  # 64 MiB of float32 per encoded chunk
+
+
+def encode(data: np.ndarray, qtype: gguf.GGMLQuantizationType) -> np.ndarray:
+    """float32 rows -> the bytes GGUF stores for `qtype` (rows are independent in every type)."""
+    if qtype == gguf.GGMLQuantizationType.F32:
+        return np.ascontiguousarray(data, dtype=np.float32)
+    if qtype == gguf.GGMLQuantizationType.F16:
+        return np.ascontiguousarray(data, dtype=np.float16)
+    return gguf.quants.quantize(np.ascontiguousarray(data, dtype=np.float32), qtype)
+
+
+def _row_chunks(data: np.ndarray) -> Iterator[np.ndarray]:
+    rows = data.reshape(-1, data.shape[-1]) if data.ndim > 1 else data.reshape(1, -1)
+    step = max(1, CHUNK_ELEMENTS // max(1, rows.shape[1]))
+    for start in range(0, rows.shape[0], step):
+        yield rows[start:start + step]
+
+
+class TensorSource:
+    """Produces the encoded bytes of manifest tensors, one at a time, from the checkpoint."""
+
+    def __init__(self, manifest: Manifest, ckpt: Checkpoint):
+        self.manifest = manifest
+        self.ckpt = ckpt
+        self.ops = op_registry()
+        self._cached_key: tuple | None = None
+        self._cached: list[np.ndarray] = []
+
+    def outputs(self, entry: TensorEntry) -> list[np.ndarray]:
+        """All float32 outputs of the entry's op (cached so multi-output ops read their source once)."""
+        key = (entry.op, tuple(entry.sources))
+        if key != self._cached_key:
+            self._cached = []  # release the previous op's outputs before reading new sources
+            op = self.ops[entry.op]
+            self._cached = op.apply([self.ckpt.read(s) for s in entry.sources], entry.params)
+            self._cached_key = key
+        return self._cached
+
+    def array(self, entry: TensorEntry) -> np.ndarray:
+        """The entry's float32 data in numpy (reversed GGML) order, after its op."""
+        if self.ops[entry.op].many_inputs:
+            return self.ops[entry.op].apply([self.ckpt.read(s) for s in entry.sources], entry.params)[0]
+        return self.outputs(entry)[entry.output_index]
+
+    def chunks(self, entry: TensorEntry) -> Iterator[np.ndarray]:
+        qtype = gguf.GGMLQuantizationType[entry.type]
+        if self.ops[entry.op].many_inputs:
+            # one input per slice of the outermost axis (an expert): encode it as it is read
+            for source in entry.sources:
+                for rows in _row_chunks(self.ckpt.read(source)):
+                    yield encode(rows, qtype)
+            return
+        data = self.outputs(entry)[entry.output_index]
+        for rows in _row_chunks(data):
+            yield encode(rows, qtype)
+
+    def tensor(self, index: int) -> ChunkedTensor:
+        entry = self.manifest.tensors[index]
+        return ChunkedTensor(entry.n_bytes, lambda: self.chunks(entry), entry.name)
+
+
+def convert(manifest: Manifest, ckpt: Checkpoint, out_path: Path, *, overwrite: bool = False, progress: bool = True) -> Path:
+    source = TensorSource(manifest, ckpt)
+    total = sum(e.n_bytes for e in manifest.tensors)
+    with tqdm(total=total, unit="B", unit_scale=True, desc="convert", disable=not progress, leave=False) as bar:
+        path = write_gguf(manifest, ckpt.path, ckpt.config, out_path, source.tensor, overwrite=overwrite, progress=bar.update)
+    log.info("wrote %s (%.1f MiB, %d tensors)", path, path.stat().st_size / 2**20, len(manifest.tensors))
+    return path
+
+
+def n_elements(entry: TensorEntry) -> int:
+    return math.prod(entry.shape)

@@ -1,0 +1,127 @@
+"""Arithmetic over config.json values, as written in architecture YAML (`hidden_size * 2`).
+
+YAML is data, never code: an expression is parsed with `ast` and only literals, names (config keys,
+dotted for nested objects such as `rope_scaling.factor`), + - * // /, comparisons, and/or/not are
+allowed. Anything else is a configuration error.
+"""
+from __future__ import annotations
+
+import ast
+import functools
+import operator
+from typing import Any, Callable, Mapping
+
+from .errors import BadInputError, ConfigError
+
+_BINARY: dict[type, Callable[[Any, Any], Any]] = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.FloorDiv: operator.floordiv,
+    ast.Div: operator.truediv,
+    ast.Mod: operator.mod,
+}
+_COMPARE: dict[type, Callable[[Any, Any], bool]] = {
+    ast.Lt: operator.lt,
+    ast.LtE: operator.le,
+    ast.Gt: operator.gt,
+    ast.GtE: operator.ge,
+    ast.Eq: operator.eq,
+    ast.NotEq: operator.ne,
+}
+
+
+class MissingKey(BadInputError):
+    """A config.json key the architecture needs is absent."""
+
+    def __init__(self, key: str):
+        super().__init__(f"config.json: missing key '{key}'")
+        self.key = key
+
+
+@functools.lru_cache(maxsize=4096)
+def parse(text: str) -> ast.Expression:
+    try:
+        tree = ast.parse(str(text), mode="eval")
+    except SyntaxError as exc:
+        raise ConfigError(f"expression {text!r}: {exc.msg}") from None
+    for node in ast.walk(tree):
+        allowed = (
+            ast.Expression, ast.BinOp, ast.UnaryOp, ast.USub, ast.Not, ast.BoolOp, ast.And, ast.Or,
+            ast.Compare, ast.Constant, ast.Name, ast.Attribute, ast.Load,
+        ) + tuple(_BINARY) + tuple(_COMPARE)
+        if not isinstance(node, allowed):
+            raise ConfigError(f"expression {text!r}: {type(node).__name__} is not allowed")
+    return tree
+
+
+def dotted_name(node: ast.AST) -> str:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        return f"{dotted_name(node.value)}.{node.attr}"
+    raise ConfigError(f"not a name: {ast.dump(node)}")
+
+
+def lookup(values: Mapping[str, Any], key: str) -> Any:
+    """Value of a dotted key in nested mappings; MissingKey when any part is absent or null."""
+    current: Any = values
+    for part in key.split("."):
+        if not isinstance(current, Mapping) or current.get(part) is None:
+            raise MissingKey(key)
+        current = current[part]
+    return current
+
+
+def has(values: Mapping[str, Any], key: str) -> bool:
+    try:
+        lookup(values, key)
+    except MissingKey:
+        return False
+    return True
+
+
+def evaluate(text: str | int | float, values: Mapping[str, Any]) -> Any:
+    """Evaluate an expression against `values` (config.json merged with derived names)."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        return text
+    return _eval(parse(str(text)).body, values)
+
+
+def _eval(node: ast.AST, values: Mapping[str, Any]) -> Any:
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, (ast.Name, ast.Attribute)):
+        return lookup(values, dotted_name(node))
+    if isinstance(node, ast.UnaryOp):
+        operand = _eval(node.operand, values)
+        return -operand if isinstance(node.op, ast.USub) else not operand
+    if isinstance(node, ast.BinOp):
+        return _BINARY[type(node.op)](_eval(node.left, values), _eval(node.right, values))
+    if isinstance(node, ast.BoolOp):
+        results = (_eval(v, values) for v in node.values)
+        return all(results) if isinstance(node.op, ast.And) else any(results)
+    if isinstance(node, ast.Compare):
+        left = _eval(node.left, values)
+        for op, comparator in zip(node.ops, node.comparators):
+            right = _eval(comparator, values)
+            if not _COMPARE[type(op)](left, right):
+                return False
+            left = right
+        return True
+    raise ConfigError(f"unsupported expression node {type(node).__name__}")
+
+
+def names_in(text: str | int | float) -> set[str]:
+    """Dotted names an expression refers to (for lint and error messages)."""
+    if isinstance(text, (int, float)):
+        return set()
+    tree = parse(str(text))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute):
+            found.add(dotted_name(node))
+        elif isinstance(node, ast.Name):
+            found.add(node.id)
+    # drop prefixes of dotted names ("rope_scaling" when "rope_scaling.factor" is present)
+    return {n for n in found if not any(o != n and o.startswith(n + ".") for o in found)}

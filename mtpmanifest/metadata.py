@@ -1,0 +1,93 @@
+"""GGUF key/value metadata from config.json through an architecture's `metadata:` entries."""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import gguf
+
+from . import expr
+from .errors import BadInputError, ConfigError
+from .manifest import MetadataValue
+from .schema import ArchConfig, MetadataEntry
+
+WRITERS = {
+    "uint32": gguf.GGUFValueType.UINT32,
+    "int32": gguf.GGUFValueType.INT32,
+    "float32": gguf.GGUFValueType.FLOAT32,
+    "bool": gguf.GGUFValueType.BOOL,
+    "string": gguf.GGUFValueType.STRING,
+}
+
+
+def key_template(path: str, where: str) -> str:
+    """`LLM.BLOCK_COUNT` -> gguf.Keys.LLM.BLOCK_COUNT ("{arch}.block_count")."""
+    group, _, name = path.partition(".")
+    template = getattr(getattr(gguf.Keys, group, None), name, None)
+    if not isinstance(template, str):
+        raise ConfigError(f"{where}: '{path}' is not a gguf.Keys constant")
+    return template
+
+
+def _coerce(value: Any, type_name: str, where: str) -> Any:
+    try:
+        if type_name in ("uint32", "int32"):
+            if isinstance(value, bool) or int(value) != value:
+                raise ValueError
+            value = int(value)
+            if type_name == "uint32" and not 0 <= value < 2**32:
+                raise ValueError
+            return value
+        if type_name == "float32":
+            return float(value)
+        if type_name == "bool":
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
+        return str(value)
+    except (TypeError, ValueError):
+        raise BadInputError(f"{where}: value {value!r} is not a valid {type_name}") from None
+
+
+def resolve_entry(entry: MetadataEntry, values: Mapping[str, Any], arch_name: str, where: str) -> MetadataValue | None:
+    key = key_template(entry.key, where).format(arch=arch_name)
+    if entry.when is not None:
+        try:
+            if not expr.evaluate(entry.when, values):
+                return None
+        except expr.MissingKey:
+            return None
+    if entry.value is None:
+        raw = entry.const
+    else:
+        try:
+            raw = expr.evaluate(entry.value, values)
+        except expr.MissingKey as missing:
+            if entry.default is None:
+                raise BadInputError(f"config.json: missing key '{missing.key}' (needed for GGUF key {key})") from None
+            raw = entry.default
+    if entry.map:
+        if str(raw) not in entry.map:
+            raise BadInputError(f"config.json: {entry.value} = {raw!r} is not one of {sorted(entry.map)} (GGUF key {key})")
+        raw = entry.map[str(raw)]
+    return MetadataValue(key=key, type=entry.type, value=_coerce(raw, entry.type, f"GGUF key {key}"))
+
+
+def resolve_metadata(arch: ArchConfig, values: Mapping[str, Any]) -> list[MetadataValue]:
+    arch_name = gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH[arch.gguf_arch]]
+    resolved = []
+    for i, entry in enumerate(arch.metadata):
+        if entry.type not in WRITERS:
+            raise ConfigError(f"arch/{arch.name}.yaml metadata[{i}]: unknown type '{entry.type}'")
+        item = resolve_entry(entry, values, arch_name, f"arch/{arch.name}.yaml metadata[{i}] ({entry.key})")
+        if item is not None:
+            resolved.append(item)
+    keys = [m.key for m in resolved]
+    duplicates = sorted({k for k in keys if keys.count(k) > 1})
+    if duplicates:
+        raise ConfigError(f"arch/{arch.name}.yaml: GGUF key written twice: {duplicates[0]}")
+    return resolved
+
+
+def add_to_writer(writer: gguf.GGUFWriter, items: list[MetadataValue]) -> None:
+    for item in items:
+        writer.add_key_value(item.key, item.value, WRITERS[item.type])

@@ -1,0 +1,98 @@
+"""Run the stages a command asks for. Plain dataclasses in, files in output.dir out; no hydra."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from . import report
+from .convert import convert
+from .errors import ConfigError, VerificationError
+from .inventory import diff, inventory_of
+from .lint import lint_conf
+from .manifest import Manifest, write_json_atomic
+from .plan import compile_manifest
+from .schema import STAGES, AppConfig
+from .source import Checkpoint
+from .verify import verify
+
+log = logging.getLogger(__name__)
+
+
+def model_path(cfg: AppConfig) -> Path:
+    if cfg.model.path:
+        return Path(cfg.model.path).expanduser()
+    from .demo import DEMO_DIR
+
+    return DEMO_DIR
+
+
+def output_paths(cfg: AppConfig) -> dict[str, Path]:
+    out = Path(cfg.output.dir).expanduser()
+    return {
+        "dir": out,
+        "manifest": out / "manifest.json",
+        "gguf": out / f"model-{cfg.quant.name}.gguf",
+        "tensors": out / "tensors.json",
+        "report": out / "report.json",
+    }
+
+
+def stage_plan(cfg: AppConfig, ckpt: Checkpoint, paths: dict[str, Path]) -> Manifest:
+    manifest = compile_manifest(cfg.arch, cfg.quant, ckpt)
+    paths["dir"].mkdir(parents=True, exist_ok=True)
+    manifest.write(paths["manifest"])
+    return manifest
+
+
+def stage_verify(cfg: AppConfig, manifest: Manifest, ckpt: Checkpoint, paths: dict[str, Path]) -> dict[str, Any]:
+    result = verify(manifest, paths["gguf"], ckpt, numeric=cfg.verify.numeric)
+    write_json_atomic(paths["tensors"], result.tensor_manifest)
+    doc = report.build(manifest, result, paths)
+    write_json_atomic(paths["report"], doc)
+    report.print_verify(doc)
+    if not result.ok:
+        raise VerificationError(
+            f"{paths['gguf']}: {len(result.failures)} verification failure(s): {result.failures[0]}", result.failures
+        )
+    return doc
+
+
+def run(cfg: AppConfig) -> int:
+    if cfg.stage not in STAGES:
+        raise ConfigError(f"stage={cfg.stage}: unknown stage; use one of {', '.join(STAGES)}")
+    if cfg.stage == "lint":
+        return report.print_lint(lint_conf())
+    if cfg.stage in ("inventory", "diff"):
+        inv = inventory_of(model_path(cfg), cfg.arch)
+        report.print_inventory(inv)
+        if cfg.stage == "inventory":
+            return 0
+        if not cfg.other:
+            raise ConfigError("stage=diff needs other=FILE (a .gguf file or checkpoint directory)")
+        other = inventory_of(Path(cfg.other).expanduser(), cfg.arch)
+        report.print_inventory(other)
+        lines = diff(inv, other)
+        report.print_diff(lines)
+        if any(line.startswith("MTP") or "(mtp)" in line for line in lines):
+            raise VerificationError(f"MTP tensors differ between {inv.path} and {other.path}", lines)
+        return 0
+
+    paths = output_paths(cfg)
+    ckpt = Checkpoint.open(model_path(cfg))
+    if cfg.stage == "verify":
+        if not paths["manifest"].exists():
+            raise ConfigError(f"{paths['manifest']}: missing; run stage=plan or stage=convert first")
+        manifest = Manifest.read(paths["manifest"])
+        stage_verify(cfg, manifest, ckpt, paths)
+        return 0
+    if cfg.stage != "plan" and paths["gguf"].exists() and not cfg.output.overwrite:
+        raise ConfigError(f"{paths['gguf']}: exists; set output.overwrite=true to replace it")
+    manifest = stage_plan(cfg, ckpt, paths)
+    report.print_plan(manifest, paths)
+    if cfg.stage == "plan":
+        return 0
+    convert(manifest, ckpt, paths["gguf"], overwrite=cfg.output.overwrite)
+    if cfg.stage == "all":
+        stage_verify(cfg, manifest, ckpt, paths)
+    return 0

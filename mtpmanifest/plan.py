@@ -1,0 +1,196 @@
+"""Compile (checkpoint headers, architecture rules, quant preset) into a checked Manifest.
+
+Every source tensor is claimed by exactly one rule; every tensor a rule expects for a block is
+present; shapes agree with config.json. No tensor data is read.
+"""
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from typing import Any
+
+from gguf import MODEL_ARCH, MODEL_ARCH_NAMES
+
+from . import expr
+from .errors import BadInputError, ConfigError
+from .manifest import Manifest, TensorEntry
+from .metadata import resolve_metadata
+from .ops import op_registry
+from .rules import CompiledRule, Match, compile_rules, match_all
+from .schema import ArchConfig, QuantConfig
+from .source import Checkpoint
+from .tensor_types import choose_type, n_bytes
+
+log = logging.getLogger(__name__)
+MAX_LISTED = 20
+
+
+def config_values(arch: ArchConfig, config: dict[str, Any]) -> dict[str, Any]:
+    values = dict(config)
+    for name, text in arch.derived.items():
+        values[name] = expr.evaluate(text, values)
+    return values
+
+
+def _listing(names: list[str]) -> str:
+    shown = ", ".join(names[:MAX_LISTED])
+    return shown + (f" … and {len(names) - MAX_LISTED} more" if len(names) > MAX_LISTED else "")
+
+
+def _layer_count(text: str, values: dict[str, Any], what: str) -> int:
+    count = expr.evaluate(text, values)
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        raise BadInputError(f"config.json: {what} layer count {text} = {count!r} is not a non-negative integer")
+    return count
+
+
+def _check_match(m: Match, values: dict[str, Any], n_trunk: int, n_block: int, ckpt: Checkpoint) -> None:
+    rule = m.rule.rule
+    if m.block is not None:
+        if m.block >= n_block:
+            raise BadInputError(f"{m.name}: block {m.block} is beyond the {n_trunk} trunk + {n_block - n_trunk} MTP layers config.json declares")
+        if m.rule.block_placeholder == "mtp" and m.block < n_trunk:
+            raise BadInputError(f"{m.name}: MTP tensor in trunk block {m.block} (num trunk layers {n_trunk})")
+        if rule.where and not expr.evaluate(rule.where, {**values, "bid": m.block}):
+            raise BadInputError(f"{m.name}: not expected in block {m.block} by config.json ({rule.where} is false)")
+    tensor = ckpt.tensors[m.name]
+    if rule.shape:
+        expected = tuple(int(expr.evaluate(d, values)) for d in rule.shape)
+        if tensor.shape != expected:
+            raise BadInputError(
+                f"{m.name}: shape {list(tensor.shape)} contradicts config.json: expected [{', '.join(rule.shape)}] = {list(expected)}"
+            )
+    if tensor.dtype == "F8_E4M3" and values.get("quantization_config", {}).get("quant_method") != "fp8":
+        raise BadInputError(f"{m.name}: dtype F8_E4M3 but config.json declares no quantization_config with quant_method fp8")
+
+
+def _expected(rule: CompiledRule, values: dict[str, Any], n_trunk: int, n_block: int) -> list[int | None]:
+    """Blocks in which `rule` must find a tensor (None: a tensor outside blocks)."""
+    if rule.rule.optional or rule.rule.role == "dropped":
+        return []
+    if rule.block_placeholder is None:
+        return [None]
+    blocks = range(n_trunk, n_block) if rule.block_placeholder == "mtp" else range(n_block)
+    return [b for b in blocks if not rule.rule.where or expr.evaluate(rule.rule.where, {**values, "bid": b})]
+
+
+def _role(rule: CompiledRule, block: int | None, n_trunk: int) -> str:
+    if rule.rule.role != "auto":
+        return rule.rule.role
+    return "mtp" if block is not None and block >= n_trunk else "trunk"
+
+
+def compile_manifest(arch: ArchConfig, quant: QuantConfig, ckpt: Checkpoint) -> Manifest:
+    where = f"arch/{arch.name}.yaml"
+    if arch.gguf_arch not in MODEL_ARCH.__members__:
+        raise ConfigError(f"{where}: gguf_arch '{arch.gguf_arch}' is not a gguf MODEL_ARCH name")
+    ops = op_registry()
+    rules = compile_rules(arch.tensors, ops, where)
+    values = config_values(arch, ckpt.config)
+    n_trunk = _layer_count(arch.layers.trunk, values, "trunk")
+    n_mtp = _layer_count(arch.layers.mtp, values, "MTP")
+    n_block = n_trunk + n_mtp
+
+    scales = ckpt.scale_names()
+    names = [n for n in ckpt.tensors if n not in scales]
+    claims, unclaimed, conflicts = match_all(names, rules)
+    if conflicts:
+        name, patterns = next(iter(conflicts.items()))
+        raise ConfigError(f"{where}: {len(conflicts)} tensor(s) claimed by several rules, e.g. {name} by {' and '.join(patterns)}")
+    if unclaimed:
+        raise BadInputError(f"{len(unclaimed)} source tensor(s) claimed by no rule of {where}: {_listing(unclaimed)}", unclaimed)
+
+    groups: dict[tuple[int, int | None, str], list[Match]] = defaultdict(list)
+    for m in claims.values():
+        _check_match(m, values, n_trunk, n_block, ckpt)
+        key_name = "" if m.rule.op.many_inputs else m.name
+        groups[(m.rule.index, m.block, key_name)].append(m)
+
+    mtp_blocks = sorted({m.block for m in claims.values() if m.block is not None and m.block >= n_trunk})
+    if n_mtp and not mtp_blocks:
+        raise BadInputError(
+            f"config.json declares {n_mtp} MTP layer(s) ({arch.layers.mtp}) but the checkpoint has no MTP tensors "
+            f"(blocks {n_trunk}..{n_block - 1}): it was probably stripped by another tool"
+        )
+    found = {(k[0], k[1]) for k in groups}
+    missing = [
+        rule.target_names(block)[0] if rule.kinds else rule.pattern
+        for rule in rules
+        for block in _expected(rule, values, n_trunk, n_block)
+        if (rule.index, block) not in found
+    ]
+    if missing:
+        raise BadInputError(f"{len(missing)} tensor(s) expected by {where} and config.json are missing: {_listing(missing)}", missing)
+
+    entries: list[TensorEntry] = []
+    dropped: list[dict[str, str]] = []
+    ordered = sorted(groups.items(), key=lambda kv: (kv[0][1] is not None, kv[0][1] or 0, kv[0][0], kv[0][2]))
+    for (rule_index, block, _), matches in ordered:
+        rule = rules[rule_index]
+        if rule.rule.role == "dropped":
+            dropped += [{"source": m.name, "reason": rule.rule.reason or "", "rule": rule.pattern} for m in matches]
+            continue
+        entries += _entries(rule, block, matches, values, n_trunk, quant, ckpt)
+
+    optional_absent = [
+        rule.target_names(block)[0]
+        for rule in rules
+        if rule.rule.optional and rule.kinds
+        for block in (range(n_trunk, n_block) if rule.block_placeholder == "mtp" else [None] if rule.block_placeholder is None else [])
+        if (rule.index, block) not in found
+    ]
+    for name in optional_absent:
+        log.warning("optional tensor %s is absent from the checkpoint; llama.cpp falls back to the shared one", name)
+
+    counts = {role: sum(e.role == role for e in entries) for role in ("trunk", "mtp", "shared")}
+    return Manifest(
+        architecture=arch.name,
+        gguf_arch=MODEL_ARCH_NAMES[MODEL_ARCH[arch.gguf_arch]],
+        quant=quant.name,
+        file_type=quant.file_type,
+        source={
+            "path": str(ckpt.path),
+            "fingerprint": ckpt.fingerprint(),
+            "n_tensors": len(ckpt.tensors),
+            "bytes": sum(t.nbytes for t in ckpt.tensors.values()),
+        },
+        layers={"trunk": n_trunk, "mtp": n_mtp, "mtp_kept": len(mtp_blocks), "mtp_blocks": mtp_blocks},
+        counts=counts,
+        bytes_in=sum(t.nbytes for t in ckpt.tensors.values()),
+        bytes_out=sum(e.n_bytes for e in entries),
+        vocab={"model": arch.vocab.model, "pre": arch.vocab.pre, "n_tokens": int(values.get("vocab_size", 0)) or 1},
+        metadata=resolve_metadata(arch, values),
+        tensors=entries,
+        dropped=dropped,
+        optional_absent=optional_absent,
+    )
+
+
+def _entries(rule: CompiledRule, block: int | None, matches: list[Match], values: dict[str, Any],
+             n_trunk: int, quant: QuantConfig, ckpt: Checkpoint) -> list[TensorEntry]:
+    params = {k: int(expr.evaluate(v, values)) for k, v in rule.rule.params.items()}
+    if rule.op.many_inputs:
+        matches = sorted(matches, key=lambda m: m.expert or 0)
+        experts = [m.expert for m in matches]
+        n_expert = params.get("n_expert", len(matches))
+        if experts != list(range(n_expert)):
+            absent = sorted(set(range(n_expert)) - set(experts))
+            raise BadInputError(f"{rule.target_names(block)[0]}: experts {absent or experts} missing or out of range for {rule.pattern} (n_expert {n_expert})")
+    sources = [m.name for m in matches]
+    scale_names = [s for s in (ckpt.tensors[n].scale for n in sources) if s]
+    try:
+        shapes = rule.op.shapes([ckpt.tensors[n].shape for n in sources], params)
+    except BadInputError as exc:
+        raise BadInputError(f"{sources[0]}: {exc}") from None
+    role = _role(rule, block, n_trunk)
+    entries = []
+    for index, (kind, name, shape) in enumerate(zip(rule.kinds, rule.target_names(block), shapes)):
+        ne = list(reversed(shape))
+        qtype, reason = choose_type(name, ne, kind, quant)
+        entries.append(TensorEntry(
+            name=name, shape=ne, type=qtype.name, type_rule=reason, role=role, block=block,
+            mtp_layer=block - n_trunk if role == "mtp" and block is not None else None,
+            op=rule.op.name, params=params, output_index=index, sources=sources, scales=scale_names,
+            rule=rule.pattern, n_bytes=n_bytes(ne, qtype),
+        ))
+    return entries

@@ -1,0 +1,107 @@
+"""Dataclass schemas of the config groups. Hydra validates every composed YAML against them
+(unknown keys and wrong types fail at composition); the engine receives these plain dataclasses.
+
+No hydra import here: the entry point registers these with Hydra's ConfigStore.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from omegaconf import MISSING
+
+STAGES = ("inventory", "plan", "convert", "verify", "diff", "lint", "all")
+ROLES = ("auto", "trunk", "mtp", "shared", "dropped")
+
+
+@dataclass
+class MetadataEntry:
+    """One GGUF key. `key` names a gguf-py constant (`LLM.BLOCK_COUNT` = gguf.Keys.LLM.BLOCK_COUNT)."""
+
+    key: str = MISSING
+    type: str = MISSING  # uint32 | int32 | float32 | bool | string
+    value: Optional[str] = None  # expression over config.json (see expr.py)
+    const: Any = None  # a literal instead of `value`
+    map: Dict[str, Any] = field(default_factory=dict)  # config value -> GGUF value
+    default: Any = None  # used when the config key is absent
+    when: Optional[str] = None  # write only when this config key is present
+
+
+@dataclass
+class TensorRule:
+    """Claims source tensors by pattern. Placeholders: {bid} any block, {mtp} an MTP block,
+    {xid} an expert index. Every source tensor must be claimed by exactly one rule."""
+
+    source: str = MISSING
+    target: Optional[str] = None  # gguf MODEL_TENSOR name, e.g. NEXTN_EH_PROJ
+    targets: List[str] = field(default_factory=list)  # for ops with several outputs
+    suffix: str = "weight"
+    role: str = "auto"  # auto: trunk below the trunk layer count, mtp from there on
+    op: str = "copy"
+    params: Dict[str, str] = field(default_factory=dict)  # op parameter -> expression
+    shape: List[str] = field(default_factory=list)  # expected source shape (HF order), expressions
+    where: Optional[str] = None  # blocks that must have it, expression over `bid` and config
+    optional: bool = False  # a block may lack it
+    reason: Optional[str] = None  # why a tensor is dropped (role: dropped)
+
+
+@dataclass
+class LayerCounts:
+    trunk: str = MISSING  # expression: number of trunk decoder layers
+    mtp: str = MISSING  # expression: number of MTP layers the config declares
+
+
+@dataclass
+class VocabConfig:
+    model: str = "gpt2"  # tokenizer.ggml.model
+    pre: str = MISSING  # tokenizer.ggml.pre (llama.cpp pre-tokenizer name)
+
+
+@dataclass
+class ArchConfig:
+    name: str = MISSING
+    gguf_arch: str = MISSING  # gguf MODEL_ARCH name, e.g. DEEPSEEK2
+    hf_architectures: List[str] = field(default_factory=list)
+    model_types: List[str] = field(default_factory=list)
+    layers: LayerCounts = field(default_factory=LayerCounts)
+    vocab: VocabConfig = field(default_factory=VocabConfig)
+    fp8_scale_suffix: str = "_scale_inv"
+    derived: Dict[str, str] = field(default_factory=dict)
+    metadata: List[MetadataEntry] = field(default_factory=list)
+    tensors: List[TensorRule] = field(default_factory=list)
+
+
+@dataclass
+class QuantConfig:
+    name: str = MISSING
+    file_type: str = MISSING  # gguf LlamaFileType name, e.g. MOSTLY_Q8_0
+    default_type: str = MISSING  # GGMLQuantizationType for 2-D weights
+    fallback_type: str = "F16"  # when a row length is not a multiple of the block size
+
+
+@dataclass
+class ModelConfig:
+    path: Optional[str] = None  # None: the embedded demo checkpoint
+
+
+@dataclass
+class OutputConfig:
+    dir: str = "out"
+    overwrite: bool = False
+
+
+@dataclass
+class VerifyConfig:
+    numeric: bool = True  # dequantize every tensor and compare with its source
+
+
+@dataclass
+class AppConfig:
+    arch: ArchConfig = MISSING
+    quant: QuantConfig = MISSING
+    model: ModelConfig = field(default_factory=ModelConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
+    stage: str = "all"
+    other: Optional[str] = None  # stage=diff: the file or checkpoint to compare with
+    debug: bool = False

@@ -1,0 +1,145 @@
+"""Verify a written GGUF against its manifest: read it back into a tensor manifest (tensors.json),
+schema-check it, diff names/shapes/types/layer counts, and compare every tensor numerically with
+its source after the same op."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+from tqdm import tqdm
+
+from .convert import TensorSource
+from .errors import BadInputError
+from .manifest import Manifest, validate
+from .source import Checkpoint
+
+log = logging.getLogger(__name__)
+
+# Relative RMSE a tensor may show after a round trip through its GGUF type. F32 keeps every
+# source value exactly; F16/BF16 round to 11/8 significant bits (RMSE ~ 2^-12 / 2^-9 of the
+# values); Q8_0 rounds to 1/127 of each 32-block's max (~0.5% of a Gaussian's RMS).
+REL_RMSE_BOUND = {"F32": 1e-7, "F16": 1e-3, "BF16": 8e-3, "Q8_0": 2e-2}
+DEFAULT_BOUND = 0.25
+
+
+@dataclass
+class VerifyResult:
+    tensor_manifest: dict[str, Any]
+    differences: list[str] = field(default_factory=list)
+    numeric: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def failures(self) -> list[str]:
+        bad = [f"{n['name']}: relative RMSE {n['rel_rmse']:.3g} > bound {n['bound']:.3g} ({n['type']})" for n in self.numeric if not n["ok"]]
+        return self.differences + bad
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+def open_gguf(path: Path) -> gguf.GGUFReader:
+    try:
+        return gguf.GGUFReader(path)
+    except FileNotFoundError:
+        raise BadInputError(f"{path}: no such GGUF file") from None
+    except (ValueError, OSError, IndexError) as exc:
+        raise BadInputError(f"{path}: not a readable GGUF file: {exc}") from None
+
+
+def field_value(reader: gguf.GGUFReader, key: str) -> Any:
+    f = reader.get_field(key)
+    return None if f is None else f.contents()
+
+
+def tensor_manifest(path: Path, reader: gguf.GGUFReader | None = None, *, hashes: bool = True) -> dict[str, Any]:
+    """The tensors.json document for a GGUF file (shapes in GGML order)."""
+    reader = reader or open_gguf(path)
+    arch = field_value(reader, "general.architecture") or ""
+    tensors = []
+    for t in reader.tensors:
+        digest = hashlib.sha256(memoryview(np.ascontiguousarray(t.data)).cast("B")).hexdigest() if hashes else "0" * 64
+        tensors.append({
+            "name": t.name,
+            "shape": [int(n) for n in t.shape],
+            "type": t.tensor_type.name,
+            "n_bytes": int(t.n_bytes),
+            "sha256": digest,
+        })
+    return {
+        "file": str(path),
+        "architecture": arch,
+        "block_count": field_value(reader, gguf.Keys.LLM.BLOCK_COUNT.format(arch=arch)),
+        "nextn_predict_layers": field_value(reader, gguf.Keys.LLM.NEXTN_PREDICT_LAYERS.format(arch=arch)),
+        "n_tensors": len(tensors),
+        "tensors": tensors,
+    }
+
+
+def structural_differences(manifest: Manifest, tm: dict[str, Any], reader: gguf.GGUFReader) -> list[str]:
+    diffs = []
+    expected_blocks = manifest.layers["trunk"] + manifest.layers["mtp_kept"]
+    expected_nextn = manifest.layers["mtp_kept"] or None
+    if tm["architecture"] != manifest.gguf_arch:
+        diffs.append(f"general.architecture is {tm['architecture']!r}, manifest says {manifest.gguf_arch!r}")
+    if tm["block_count"] != expected_blocks:
+        diffs.append(f"block_count is {tm['block_count']}, manifest says {expected_blocks}")
+    if tm["nextn_predict_layers"] != expected_nextn:
+        diffs.append(f"nextn_predict_layers is {tm['nextn_predict_layers']}, manifest says {expected_nextn}")
+    for item in manifest.metadata:
+        if field_value(reader, item.key) is None:
+            diffs.append(f"metadata key {item.key} is missing")
+    written = {t["name"]: t for t in tm["tensors"]}
+    planned = {e.name: e for e in manifest.tensors}
+    for name in sorted(set(planned) - set(written)):
+        diffs.append(f"missing tensor {name}")
+    for name in sorted(set(written) - set(planned)):
+        diffs.append(f"extra tensor {name}")
+    for name in sorted(set(planned) & set(written)):
+        entry, tensor = planned[name], written[name]
+        if entry.shape != tensor["shape"]:
+            diffs.append(f"{name}: shape {tensor['shape']}, manifest says {entry.shape}")
+        if entry.type != tensor["type"]:
+            diffs.append(f"{name}: type {tensor['type']}, manifest says {entry.type}")
+    return diffs
+
+
+def _rows(array: np.ndarray) -> np.ndarray:
+    return array.reshape(-1, array.shape[-1]) if array.ndim > 1 else array.reshape(1, -1)
+
+
+def numeric_check(entry, data: np.ndarray, source: TensorSource) -> dict[str, Any]:
+    """Relative RMSE of the dequantized GGUF tensor against its source after the same op."""
+    qtype = gguf.GGMLQuantizationType[entry.type]
+    if source.ops[entry.op].many_inputs:
+        pairs = ((source.ckpt.read(s), data[i]) for i, s in enumerate(entry.sources))
+    else:
+        pairs = iter([(source.array(entry), data)])
+    err = ref = 0.0
+    for expected, stored in pairs:
+        got = gguf.quants.dequantize(np.ascontiguousarray(stored), qtype).reshape(expected.shape).astype(np.float64)
+        diff = got - expected
+        err += float(np.sum(diff * diff))
+        ref += float(np.sum(np.square(expected, dtype=np.float64)))
+    rel = math.sqrt(err / ref) if ref > 0 else math.sqrt(err)
+    bound = REL_RMSE_BOUND.get(entry.type, DEFAULT_BOUND)
+    return {"name": entry.name, "role": entry.role, "type": entry.type, "rel_rmse": rel, "bound": bound, "ok": rel <= bound}
+
+
+def verify(manifest: Manifest, gguf_path: Path, ckpt: Checkpoint | None, *, numeric: bool = True, progress: bool = True) -> VerifyResult:
+    reader = open_gguf(gguf_path)
+    tm = tensor_manifest(gguf_path, reader)
+    validate("tensor-manifest.schema.json", tm, "tensors.json")
+    result = VerifyResult(tm, structural_differences(manifest, tm, reader))
+    if numeric and ckpt is not None and not result.differences:
+        source = TensorSource(manifest, ckpt)
+        data = {t.name: t.data for t in reader.tensors}
+        for entry in tqdm(manifest.tensors, desc="verify", unit="tensor", disable=not progress, leave=False):
+            result.numeric.append(numeric_check(entry, data[entry.name], source))
+    return result

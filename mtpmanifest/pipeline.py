@@ -59,6 +59,8 @@ def stage_verify(cfg: AppConfig, manifest: Manifest, ckpt: Checkpoint, paths: di
 
 
 def run(cfg: AppConfig) -> int:
+    # gguf-py's writer narrates every file it opens at INFO; our summary says what matters
+    logging.getLogger("gguf.gguf_writer").setLevel(logging.WARNING)
     if cfg.stage not in STAGES:
         raise ConfigError(f"stage={cfg.stage}: unknown stage; use one of {', '.join(STAGES)}")
     if cfg.stage == "lint":

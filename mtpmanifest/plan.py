@@ -106,8 +106,8 @@ def compile_manifest(arch: ArchConfig, quant: QuantConfig, ckpt: Checkpoint) -> 
         key_name = "" if m.rule.op.many_inputs else m.name
         groups[(m.rule.index, m.block, key_name)].append(m)
 
-    mtp_blocks = sorted({m.block for m in claims.values() if m.block is not None and m.block >= n_trunk})
-    if n_mtp and not mtp_blocks:
+    mtp_found = sorted({m.block for m in claims.values() if m.block is not None and m.block >= n_trunk})
+    if n_mtp and not mtp_found:
         raise BadInputError(
             f"config.json declares {n_mtp} MTP layer(s) ({arch.layers.mtp}) but the checkpoint has no MTP tensors "
             f"(blocks {n_trunk}..{n_block - 1}): it was probably stripped by another tool"
@@ -143,6 +143,7 @@ def compile_manifest(arch: ArchConfig, quant: QuantConfig, ckpt: Checkpoint) -> 
         log.warning("optional tensor %s is absent from the checkpoint; llama.cpp falls back to the shared one", name)
 
     counts = {role: sum(e.role == role for e in entries) for role in ("trunk", "mtp", "shared")}
+    mtp_blocks = sorted({e.block for e in entries if e.role == "mtp" and e.block is not None})
     return Manifest(
         architecture=arch.name,
         gguf_arch=MODEL_ARCH_NAMES[MODEL_ARCH[arch.gguf_arch]],
@@ -154,7 +155,7 @@ def compile_manifest(arch: ArchConfig, quant: QuantConfig, ckpt: Checkpoint) -> 
             "n_tensors": len(ckpt.tensors),
             "bytes": sum(t.nbytes for t in ckpt.tensors.values()),
         },
-        layers={"trunk": n_trunk, "mtp": n_mtp, "mtp_kept": len(mtp_blocks), "mtp_blocks": mtp_blocks},
+        layers={"trunk": n_trunk, "mtp": n_mtp, "mtp_found": len(mtp_found), "mtp_kept": len(mtp_blocks), "mtp_blocks": mtp_blocks},
         counts=counts,
         bytes_in=sum(t.nbytes for t in ckpt.tensors.values()),
         bytes_out=sum(e.n_bytes for e in entries),

@@ -44,7 +44,7 @@ def print_plan(manifest: Manifest, paths: dict[str, Path]) -> None:
     _line("source", f"{manifest.source['path']} ({manifest.source['n_tensors']} tensors)")
     _line("tensors", f"trunk {c['trunk']}   mtp {c['mtp']}   shared {c['shared']}   dropped {len(manifest.dropped)}")
     blocks = ", ".join(str(b) for b in layers["mtp_blocks"]) or "none"
-    _line("MTP layers", f"declared {layers['mtp']}   found {layers['mtp_kept']}   kept {layers['mtp_kept']}   (blocks {blocks})")
+    _line("MTP layers", f"declared {layers['mtp']}   found {layers['mtp_found']}   kept {layers['mtp_kept']}   (blocks {blocks})")
     trunk = [e for e in manifest.tensors if e.role != "mtp"]
     mtp = [e for e in manifest.tensors if e.role == "mtp"]
     _line("bits/weight", f"trunk+shared {bits_per_weight(trunk):.2f}   mtp {bits_per_weight(mtp):.2f}")

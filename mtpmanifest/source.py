@@ -194,16 +194,16 @@ class Checkpoint:
         block_size = quant.get("weight_block_size") if isinstance(quant, dict) else quant
         if block_size is not None and not (isinstance(block_size, list) and len(block_size) == 2
                                            and all(type(n) is int and n > 0 for n in block_size)):
-            raise _bad(config_file, f"key 'quantization_config.weight_block_size' is not two positive ints: {quant}")
+            raise _bad(config_file, f"'quantization_config.weight_block_size' is not two positive ints: {block_size}")
         block_size = None if block_size is None else tuple(block_size)
         index_file = model_dir / INDEX_NAME
         has_index = index_file.exists()  # without an index, every *.safetensors file is a shard
         weight_map = _read_weight_map(index_file) if has_index else {}
-        shard_names = sorted(set(weight_map.values()) if has_index else {p.name for p in model_dir.glob("*.safetensors")})
+        shard_names = set(weight_map.values()) if has_index else {p.name for p in model_dir.glob("*.safetensors")}
         if not shard_names:
             raise _bad(index_file if has_index else model_dir, "no safetensors shards")
         tensors: dict[str, SourceTensor] = {}
-        for rel in shard_names:
+        for rel in sorted(shard_names):
             shard_file = _shard_path(model_dir, rel, index_file if has_index else model_dir / rel)
             for name, tensor in _parse_shard(shard_file, rel).items():
                 if name in tensors:

@@ -1,0 +1,67 @@
+"""Shared fixtures: tiny real-format checkpoints, composed configs, and the CLI as a subprocess."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+
+import mtpmanifest.__main__  # noqa: F401  registers the config schema with Hydra
+from mtpmanifest.fixtures.deepseek_v3 import TINY_CONFIG, write_checkpoint
+from mtpmanifest.schema import AppConfig
+
+
+def compose_cfg(*overrides: str) -> AppConfig:
+    with initialize_config_module(version_base="1.3", config_module="mtpmanifest.conf", job_name="test"):
+        cfg = compose(config_name="config", overrides=list(overrides))
+    return OmegaConf.to_object(cfg)
+
+
+def run_cli(*args: str, cwd: Path, check_rc: int | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HYDRA_")}
+    proc = subprocess.run([sys.executable, "-m", "mtpmanifest", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+    if check_rc is not None:
+        assert proc.returncode == check_rc, f"rc {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    return proc
+
+
+def error_line(proc: subprocess.CompletedProcess) -> str:
+    """The one error line the CLI prints; fails if stderr carries a traceback or several error lines."""
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("mtpmanifest: ")]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def edit_config(model_dir: Path, **changes) -> None:
+    path = Path(model_dir) / "config.json"
+    config = json.loads(path.read_text())
+    for key, value in changes.items():
+        if value is None:
+            config.pop(key, None)
+        else:
+            config[key] = value
+    path.write_text(json.dumps(config, indent=2))
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    """A tiny DeepSeek-V3 checkpoint (FP8 with block scales, one MTP layer), shared read-only."""
+    return write_checkpoint(tmp_path_factory.mktemp("tiny") / "ckpt", seed=1)
+
+
+@pytest.fixture
+def fresh_ckpt(tmp_path) -> Path:
+    """A tiny checkpoint a test may modify."""
+    return write_checkpoint(tmp_path / "ckpt", seed=2)
+
+
+@pytest.fixture
+def tiny_config() -> dict:
+    return json.loads(json.dumps(TINY_CONFIG))

@@ -17,10 +17,10 @@ ConfigStore.instance().store(name="mtpmanifest_schema", node=AppConfig)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://mtpmanifest.conf", config_name="config")
-def task(cfg: DictConfig) -> int:
+def task(cfg: DictConfig) -> None:
     debug = bool(cfg.get("debug", False))
     try:
-        return run(OmegaConf.to_object(cfg))
+        run(OmegaConf.to_object(cfg))
     except MtpManifestError as exc:
         if debug:
             raise

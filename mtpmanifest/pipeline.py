@@ -64,7 +64,11 @@ def run(cfg: AppConfig) -> int:
     if cfg.stage not in STAGES:
         raise ConfigError(f"stage={cfg.stage}: unknown stage; use one of {', '.join(STAGES)}")
     if cfg.stage == "lint":
-        return report.print_lint(lint_conf())
+        errors = lint_conf([Path(cfg.other).expanduser()] if cfg.other else [])
+        report.print_lint(errors)
+        if errors:
+            raise ConfigError(f"lint: {len(errors)} error(s) in the configuration files; the first: {errors[0]}", errors)
+        return 0
     if cfg.stage in ("inventory", "diff"):
         inv = inventory_of(model_path(cfg), cfg.arch)
         report.print_inventory(inv)

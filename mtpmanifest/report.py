@@ -105,8 +105,7 @@ def print_diff(lines: list[str]) -> None:
         log.info("  %s", line)
 
 
-def print_lint(errors: list[str]) -> int:
+def print_lint(errors: list[str]) -> None:
     for error in errors:
         log.error("%s", error)
     _line("lint", f"{len(errors)} error(s)" if errors else "all shipped configs are valid")
-    return 2 if errors else 0

@@ -103,5 +103,5 @@ class AppConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     stage: str = "all"
-    other: Optional[str] = None  # stage=diff: the file or checkpoint to compare with
+    other: Optional[str] = None  # stage=diff: the file or checkpoint to compare with; stage=lint: a user conf dir
     debug: bool = False

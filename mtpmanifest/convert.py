@@ -3,7 +3,6 @@ expert stacks and large tensors are produced in row chunks, so peak memory stays
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Iterator
 
@@ -84,9 +83,6 @@ def convert(manifest: Manifest, ckpt: Checkpoint, out_path: Path, *, overwrite: 
     total = sum(e.n_bytes for e in manifest.tensors)
     with tqdm(total=total, unit="B", unit_scale=True, desc="convert", disable=not progress, leave=False) as bar:
         path = write_gguf(manifest, ckpt.path, ckpt.config, out_path, source.tensor, overwrite=overwrite, progress=bar.update)
-    log.info("wrote %s (%.1f MiB, %d tensors)", path, path.stat().st_size / 2**20, len(manifest.tensors))
+    log.debug("wrote %s (%d tensors)", path, len(manifest.tensors))
     return path
 
-
-def n_elements(entry: TensorEntry) -> int:
-    return math.prod(entry.shape)

@@ -61,6 +61,9 @@ def stage_verify(cfg: AppConfig, manifest: Manifest, ckpt: Checkpoint, paths: di
 def run(cfg: AppConfig) -> int:
     # gguf-py's writer narrates every file it opens at INFO; our summary says what matters
     logging.getLogger("gguf.gguf_writer").setLevel(logging.WARNING)
+    # SpecialVocab warns that a BOS-separated *pair* template cannot be stored; GGUF has no
+    # pair templates and llama.cpp never uses one, so that warning only adds noise
+    logging.getLogger("gguf.vocab").setLevel(logging.ERROR)
     if cfg.stage not in STAGES:
         raise ConfigError(f"stage={cfg.stage}: unknown stage; use one of {', '.join(STAGES)}")
     if cfg.stage == "lint":

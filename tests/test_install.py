@@ -1,0 +1,42 @@
+"""`pip install .` (not only editable) ships the configs, schemas and demo, and runs from anywhere."""
+import subprocess
+import sys
+import venv
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(ROOT)],
+                   check=True, capture_output=True, text=True)
+    return next(out.glob("mtpmanifest-*.whl"))
+
+
+def test_wheel_contents(wheel):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for required in ("mtpmanifest/conf/config.yaml", "mtpmanifest/conf/arch/deepseek_v3.yaml", "mtpmanifest/conf/quant/q8_0.yaml",
+                     "mtpmanifest/schemas/manifest.schema.json", "mtpmanifest/schemas/tensor-manifest.schema.json",
+                     "mtpmanifest/schemas/arch.schema.json", "mtpmanifest/demo/model.safetensors",
+                     "mtpmanifest/demo/tokenizer.json", "mtpmanifest/fixtures/tokenizer-2048.json"):
+        assert required in names
+
+
+def test_installed_wheel_runs_from_anywhere(wheel, tmp_path):
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, system_site_packages=True, with_pip=True)
+    python = env_dir / "bin" / "python"
+    subprocess.run([python, "-m", "pip", "install", "--no-deps", "-q", str(wheel)], check=True, capture_output=True)
+    work = tmp_path / "work"
+    work.mkdir()
+    run = subprocess.run([python, "-m", "mtpmanifest", "stage=plan", "output.dir=o"], cwd=work, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    located = subprocess.run([python, "-c", "import mtpmanifest.conf as c; print(c.__file__)"], cwd=work, capture_output=True, text=True)
+    assert str(env_dir) in located.stdout
+    assert sorted(p.name for p in work.iterdir()) == ["o"]
+    assert sorted(p.name for p in (work / "o").iterdir()) == ["manifest.json"]

@@ -386,6 +386,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="print the top N functions of the probe run by cumulative and by own time")
     parser.add_argument("--rebuild", action="store_true", help="rebuild the checkpoint even if cached")
     args = parser.parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)  # progress lines appear as they happen
 
     config = bench_config(args.layers, args.experts)
     full = config == FULL_CONFIG and args.shards == FULL_SHARDS
@@ -438,9 +439,12 @@ def main(argv: list[str] | None = None) -> int:
         ("header bytes (all shards)", human(info["header_bytes"]), "-", ""),
         ("plan seconds (min / median)", f"{best:.2f} / {median:.2f}", f"< {args.target_seconds:g} s",
          verdict(time_ok)),
+        ("probe run: wall seconds", f"{probe['wall_seconds']:.2f}", "-", ""),
         ("  startup+imports+hydra", f"{probe['before_run_seconds']:.2f}", "-", ""),
         ("  pipeline.run", f"{probe['run_seconds']:.2f}", "-", ""),
         *[(f"    {label}", f"{seconds:.2f}", "-", "") for label, seconds in probe["phases"].items()],
+        ("  after run (exit, teardown)",
+         f"{probe['wall_seconds'] - probe['before_run_seconds'] - probe['run_seconds']:.2f}", "-", ""),
         ("bytes read during run (rchar)", human(probe["rchar"]),
          f"<= {human(reads['allowed'])}", verdict(probe["rchar"] <= reads["allowed"])),
         ("  of which not header/small file", human(max(0, reads["unaccounted"])), f"<= {human(reads['slack'])}", ""),

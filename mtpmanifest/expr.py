@@ -99,7 +99,8 @@ def _eval(node: ast.AST, values: Mapping[str, Any]) -> Any:
     if isinstance(node, ast.BinOp):
         return _BINARY[type(node.op)](_eval(node.left, values), _eval(node.right, values))
     if isinstance(node, ast.BoolOp):
-        results = (_eval(v, values) for v in node.values)
+        # in a condition, a key config.json lacks is simply false ("rope_scaling.type == 'yarn' or ...")
+        results = (_eval_condition(v, values) for v in node.values)
         return all(results) if isinstance(node.op, ast.And) else any(results)
     if isinstance(node, ast.Compare):
         left = _eval(node.left, values)
@@ -110,6 +111,13 @@ def _eval(node: ast.AST, values: Mapping[str, Any]) -> Any:
             left = right
         return True
     raise ConfigError(f"unsupported expression node {type(node).__name__}")
+
+
+def _eval_condition(node: ast.AST, values: Mapping[str, Any]) -> bool:
+    try:
+        return bool(_eval(node, values))
+    except MissingKey:
+        return False
 
 
 def names_in(text: str | int | float) -> set[str]:

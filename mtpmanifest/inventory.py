@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import expr
 from .errors import BadInputError
 from .ops import op_registry
 from .plan import config_values
@@ -70,7 +71,10 @@ def checkpoint_inventory(path: Path, arch: ArchConfig) -> Inventory:
     """Roles come from the architecture's rules; tensors no rule claims are listed as 'unclaimed'."""
     ckpt = Checkpoint.open(path)
     values = config_values(arch, ckpt.config)
-    n_trunk = int(values.get(arch.layers.trunk, 0)) if arch.layers.trunk in values else 0
+    try:  # an expression over config.json, evaluated as plan.py does (not necessarily a bare key)
+        n_trunk = int(expr.evaluate(arch.layers.trunk, values))
+    except expr.MissingKey:
+        n_trunk = 0
     rules = compile_rules(arch.tensors, op_registry(), f"arch/{arch.name}.yaml")
     scales = ckpt.scale_names()
     claims, unclaimed, conflicts = match_all([n for n in ckpt.tensors if n not in scales], rules)

@@ -149,3 +149,28 @@ def test_bf16_and_sharded_checkpoint(tmp_path):
     assert manifest.layers["mtp_kept"] == 1 and len(manifest.tensors) == 94
     assert all(not e.scales for e in manifest.tensors)
     assert json.loads((path / "model.safetensors.index.json").read_text())["weight_map"]
+
+
+@pytest.mark.parametrize("type_key", ["type", "rope_type"])
+def test_yarn_rope_metadata(fresh_ckpt, type_key):
+    edit_config(fresh_ckpt, rope_scaling={type_key: "yarn", "factor": 40, "original_max_position_embeddings": 4096,
+                                          "beta_fast": 32, "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0})
+    meta = {m.key: m.value for m in plan(fresh_ckpt).metadata}
+    assert meta["deepseek2.rope.scaling.type"] == "yarn"
+    assert meta["deepseek2.rope.scaling.factor"] == 40.0
+    assert meta["deepseek2.rope.scaling.original_context_length"] == 4096
+    assert meta["deepseek2.rope.scaling.yarn_beta_fast"] == 32.0
+    assert meta["deepseek2.rope.scaling.yarn_beta_slow"] == 1.0
+    assert meta["deepseek2.rope.scaling.yarn_log_multiplier"] == pytest.approx(0.1)
+
+
+def test_no_rope_scaling_writes_no_yarn_keys(tiny_ckpt):
+    assert not [m for m in plan(tiny_ckpt).metadata if ".rope.scaling." in m.key]
+
+
+def test_softmax_router_maps_to_gating_func_1(fresh_ckpt):
+    edit_config(fresh_ckpt, scoring_func="softmax")
+    assert {m.key: m.value for m in plan(fresh_ckpt).metadata}["deepseek2.expert_gating_func"] == 1
+    edit_config(fresh_ckpt, scoring_func="tanh")
+    with pytest.raises(BadInputError, match="scoring_func = 'tanh' is not one of"):
+        plan(fresh_ckpt)

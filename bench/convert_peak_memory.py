@@ -4,9 +4,11 @@
 Writes a synthetic DeepSeek-V3 checkpoint with real data (default about 3 GB on disk: hidden 2048, vocab
 102400, 64 routed experts, FP8 projections with 128x128 block scales, BF16 embeddings / norms / MTP head)
 chunk by chunk, then runs `python -m mtpmanifest ... stage=convert` for each quant in a child process and
-reads the child's own peak RSS from os.wait4 (ru_maxrss). The child runs the real command line with
-ChunkedTensor.tofile wrapped to note VmHWM after each tensor, so the report names the tensor during which
-the peak was reached. The largest output tensor comes from the manifest.json the run writes.
+measures the child's peak RSS: VmHWM of /proc/self/status, read by the child at exit. (os.wait4's ru_maxrss
+is printed only as a fallback: Linux carries the pre-exec high-water mark over execve, so it reports at least
+the parent's RSS at spawn time.) The child runs the real command line with ChunkedTensor.tofile wrapped to
+note VmHWM before and after each tensor, so the report names the tensors that raised the peak. The largest
+output tensor comes from the manifest.json the run writes.
 
 Usage:
   python bench/convert_peak_memory.py                    # ~3 GB checkpoint, quant q8_0 and f16
@@ -60,7 +62,7 @@ def checkpoint_bytes(config: dict) -> int:
     return sum(nbytes for _, nbytes in inventory(config))
 
 
-def synthetic_config(size_gb: float) -> dict:
+def synthetic_config(size_gb: float, vocab: int | None = None) -> dict:
     """A DeepSeek-V3-shaped config of about size_gb on disk: 1 dense layer, MoE layers, 1 MTP layer.
 
     At the base size (3 GB) the largest output tensors are the 102400 x 2048 embedding / lm_head (BF16 in,
@@ -77,6 +79,8 @@ def synthetic_config(size_gb: float) -> dict:
         kv_lora_rank=_round(512 * a, 128, 128), qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128,
         first_k_dense_replace=1, num_hidden_layers=2, num_nextn_predict_layers=1,
     )
+    if vocab is not None:
+        config["vocab_size"] = vocab
     target = size_gb * 1e9
     while checkpoint_bytes(config) < target and config["num_hidden_layers"] < 1000:
         bigger = dict(config, num_hidden_layers=config["num_hidden_layers"] + 1)
@@ -131,7 +135,7 @@ class DataWriter:
                 chunk = self.bf16[self._indices(count)]
             else:  # F32, e.g. e_score_correction_bias
                 chunk = (0.01 * self.rng.standard_normal(count)).astype("<f4")
-            handle.write(chunk.tobytes())
+            handle.write(chunk.data)
 
 
 def write_checkpoint_streaming(model_dir: pathlib.Path, config: dict, seed: int) -> dict:
@@ -236,21 +240,20 @@ def run_child(args: list[str], cwd: pathlib.Path, log_name: str) -> dict:
         _, status, usage = os.wait4(proc.pid, 0)  # this child's rusage alone (RUSAGE_CHILDREN would merge runs)
         wall = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
-    result = {"returncode": proc.returncode, "wall": wall, "peak_rss": usage.ru_maxrss * 1024,
-              "log": (cwd / f"{log_name}.log").read_text(errors="replace")}
+    result = {"returncode": proc.returncode, "wall": wall, "ru_maxrss": usage.ru_maxrss * 1024,
+              "log": (cwd / f"{log_name}.log").read_text(errors="replace"), "marks": []}
     if report.exists():
         result.update(json.loads(report.read_text()))
+    # the child's own high-water mark; without a report (killed child) the conservative ru_maxrss
+    result["peak_rss"] = result["hwm_kib"] * 1024 if "hwm_kib" in result else result["ru_maxrss"]
     return result
 
 
-def peak_tensor(marks: list) -> tuple[str, int, int] | None:
-    """(tensor, its output bytes, HWM increase) of the tensor during which the final peak was reached."""
-    rises = [(name, nbytes, after - before) for name, nbytes, before, after in marks if after > before]
-    if not rises:
-        return None
-    final = max(after for *_, after in marks)
-    name, nbytes, before, after = next(m for m in marks if m[3] == final)
-    return name, nbytes, (after - before) * 1024
+def rises(marks: list, top: int = 3) -> list[tuple[str, int]]:
+    """The tensors that raised the RSS high-water mark most while being written: (name, bytes of rise)."""
+    ranked = sorted(((name, (after - before) * 1024) for name, _, before, after in marks if after > before),
+                    key=lambda item: -item[1])
+    return ranked[:top]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -260,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quants", default="q8_0,f16", help="comma-separated quant presets to convert with")
     parser.add_argument("--dir", type=pathlib.Path, default=pathlib.Path("/tmp/mtpmanifest-bench/convert"),
                         help="work directory (checkpoint and outputs)")
+    parser.add_argument("--vocab", type=int, help="override vocab_size (default: 102400 at 3 GB, scaled)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", action="store_true", help="keep the checkpoint and the GGUF files")
     args = parser.parse_args(argv)
@@ -275,14 +279,14 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     (work / MARKER).write_text("{}\n")
     model_dir = work / "ckpt"
-    config = synthetic_config(args.size_gb)
+    config = synthetic_config(args.size_gb, args.vocab)
     info, gen_seconds, cached = prepare_checkpoint(model_dir, config, args.seed)
     how = "cached" if cached else f"written in {gen_seconds:.1f} s"
     print(f"checkpoint  {model_dir}: {info['total_size'] / 1e9:.2f} GB, {info['n_tensors']} tensors, "
           f"{info['n_shards']} shards ({how}); hidden {config['hidden_size']}, vocab {config['vocab_size']}, "
           f"{config['num_hidden_layers']} trunk layers + 1 MTP, {config['n_routed_experts']} experts")
 
-    rows, ok = [], True
+    rows, notes, ok = [], [], True
     try:
         base = run_child(["arch=deepseek_v3", "quant=q8_0", f"model.path={model_dir}",
                           f"output.dir={work / 'out-plan'}", "stage=plan"], work, "plan")
@@ -290,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
             print(base["log"], file=sys.stderr)
             return 2
         print(f"baseline    stage=plan peak RSS {human(base['peak_rss'])} (interpreter, imports, manifest)")
+        print(f"converting  quant {args.quants} ...")
         for quant in [q.strip() for q in args.quants.split(",") if q.strip()]:
             out_dir = work / f"out-{quant}"
             result = run_child(["arch=deepseek_v3", f"quant={quant}", f"model.path={model_dir}",
@@ -303,11 +308,13 @@ def main(argv: list[str] | None = None) -> int:
             passed = result["peak_rss"] <= target
             ok &= passed
             gguf_size = sum(p.stat().st_size for p in out_dir.glob("*.gguf"))
-            at_peak = peak_tensor(result.get("marks", []))
+            top = rises(result["marks"])
             rows.append((quant, f"{largest['name']} ({largest['type']})", human(largest["n_bytes"]),
                          human(result["peak_rss"]), human(target), verdict(passed), f"{result['wall']:.1f} s",
-                         human(gguf_size),
-                         f"{at_peak[0]} (+{human(at_peak[2])})" if at_peak else "-"))
+                         human(gguf_size), f"{top[0][0]} (+{human(top[0][1])})" if top else "-"))
+            if result["marks"]:
+                notes.append(f"{quant}: RSS high-water {human(result['marks'][0][2] * 1024)} before the first tensor;"
+                             f" largest rises: " + ", ".join(f"{n} +{human(b)}" for n, b in top))
             if not args.keep:
                 shutil.rmtree(out_dir, ignore_errors=True)
     finally:
@@ -317,9 +324,11 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.rmtree(leftover, ignore_errors=True)
 
     header = ("quant", "largest output tensor", "bytes", "peak RSS", "target 2x+500MiB", "result", "wall",
-              "gguf", "peak reached during")
+              "gguf", "largest RSS rise while writing")
     print()
     print(table_wide(header, rows))
+    for note in notes:
+        print(note)
     print(f"overall: {verdict(ok)}")
     return 0 if ok else 1
 

@@ -35,7 +35,8 @@ class Inventory:
         return dict(sorted(Counter(t["role"] for t in self.tensors).items()))
 
     def per_mtp_layer(self) -> dict[int, int]:
-        return dict(sorted(Counter(t["mtp_layer"] for t in self.mtp_tensors()).items()))
+        counts = Counter(t["mtp_layer"] for t in self.mtp_tensors())
+        return dict(sorted(counts.items(), key=lambda kv: -1 if kv[0] is None else kv[0]))
 
     def gguf_names(self) -> dict[str, dict[str, Any]]:
         return {g: t for t in self.tensors for g in t["gguf_names"]}
@@ -54,8 +55,10 @@ def gguf_inventory(path: Path) -> Inventory:
         block = int(block_match.group(1)) if block_match else None
         if block is None:
             role, mtp_layer = "shared", None
-        elif (n_trunk is not None and block >= n_trunk) or ".nextn." in t.name:
-            role, mtp_layer = "mtp", block - (n_trunk if n_trunk is not None else block)
+        elif n_trunk is not None and block >= n_trunk:
+            role, mtp_layer = "mtp", block - n_trunk
+        elif ".nextn." in t.name:  # an MTP tensor the file's metadata does not account for
+            role, mtp_layer = "mtp", None
         else:
             role, mtp_layer = "trunk", None
         tensors.append({"name": t.name, "shape": [int(n) for n in t.shape], "type": t.tensor_type.name,
@@ -119,7 +122,7 @@ def diff(a: Inventory, b: Inventory) -> list[str]:
         for name in sorted(set(left) & set(right)):
             x, y = left[name], right[name]
             if x["shape"] != y["shape"] or x["type"] != y["type"]:
-                lines.append(f"changed: {name} {x['type']}{x['shape']} -> {y['type']}{y['shape']}")
+                lines.append(f"changed: {name} ({x['role']}) {x['type']}{x['shape']} -> {y['type']}{y['shape']}")
     mtp_a = {g for g, t in left.items() if t["role"] == "mtp"}
     mtp_b = {g for g, t in right.items() if t["role"] == "mtp"}
     if mtp_a != mtp_b:

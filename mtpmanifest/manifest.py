@@ -72,10 +72,12 @@ class Manifest:
         fields["tensors"] = [TensorEntry(**t) for t in data["tensors"]]
         return cls(**fields)
 
+    def validate(self) -> None:
+        validate("manifest.schema.json", self.to_json(), "manifest")
+
     def write(self, path: Path) -> None:
-        data = self.to_json()
-        validate("manifest.schema.json", data, "manifest")
-        write_json_atomic(path, data)
+        self.validate()
+        write_json_atomic(path, self.to_json())
 
     @classmethod
     def read(cls, path: Path) -> "Manifest":

@@ -38,11 +38,6 @@ def output_paths(cfg: AppConfig) -> dict[str, Path]:
     }
 
 
-def stage_plan(cfg: AppConfig, ckpt: Checkpoint, paths: dict[str, Path]) -> Manifest:
-    manifest = compile_manifest(cfg.arch, cfg.quant, ckpt)
-    paths["dir"].mkdir(parents=True, exist_ok=True)
-    manifest.write(paths["manifest"])
-    return manifest
 
 
 def stage_verify(cfg: AppConfig, manifest: Manifest, ckpt: Checkpoint, paths: dict[str, Path]) -> dict[str, Any]:
@@ -97,11 +92,16 @@ def run(cfg: AppConfig) -> int:
         return 0
     if cfg.stage != "plan" and paths["gguf"].exists() and not cfg.output.overwrite:
         raise ConfigError(f"{paths['gguf']}: exists; set output.overwrite=true to replace it")
-    manifest = stage_plan(cfg, ckpt, paths)
+    manifest = compile_manifest(cfg.arch, cfg.quant, ckpt)
+    manifest.validate()
     report.print_plan(manifest, paths)
+    paths["dir"].mkdir(parents=True, exist_ok=True)
+    if cfg.stage != "plan":
+        convert(manifest, ckpt, paths["gguf"], overwrite=cfg.output.overwrite)
+    # written after a successful conversion, so a failed run never pairs a new manifest with an old GGUF
+    manifest.write(paths["manifest"])
     if cfg.stage == "plan":
         return 0
-    convert(manifest, ckpt, paths["gguf"], overwrite=cfg.output.overwrite)
     if cfg.stage == "all":
         stage_verify(cfg, manifest, ckpt, paths)
     return 0

@@ -9,7 +9,7 @@ import logging
 from collections import defaultdict
 from typing import Any
 
-from gguf import MODEL_ARCH, MODEL_ARCH_NAMES
+from gguf import MODEL_ARCH, MODEL_ARCH_NAMES, MODEL_TENSOR, TENSOR_NAMES
 
 from . import expr
 from .errors import BadInputError, ConfigError
@@ -23,6 +23,12 @@ from .tensor_types import choose_type, n_bytes
 
 log = logging.getLogger(__name__)
 MAX_LISTED = 20
+# what llama.cpp needs of every MTP block it loads; without them creating its MTP context aborts
+MTP_HEAD_TENSORS = (MODEL_TENSOR.NEXTN_EH_PROJ, MODEL_TENSOR.NEXTN_ENORM, MODEL_TENSOR.NEXTN_HNORM)
+
+
+def mtp_head_names(block: int) -> list[str]:
+    return [TENSOR_NAMES[kind].format(bid=block) + ".weight" for kind in MTP_HEAD_TENSORS]
 
 
 def config_values(arch: ArchConfig, config: dict[str, Any]) -> dict[str, Any]:
@@ -144,6 +150,12 @@ def compile_manifest(arch: ArchConfig, quant: QuantConfig, ckpt: Checkpoint) -> 
 
     counts = {role: sum(e.role == role for e in entries) for role in ("trunk", "mtp", "shared")}
     mtp_blocks = sorted({e.block for e in entries if e.role == "mtp" and e.block is not None})
+    written = {e.name for e in entries}
+    for block in mtp_blocks:
+        lacking = [name for name in mtp_head_names(block) if name not in written]
+        if lacking:
+            raise ConfigError(f"{where}: MTP block {block} is kept without {', '.join(lacking)}; "
+                              "llama.cpp cannot run such a head: keep these tensors or drop the whole block")
     return Manifest(
         architecture=arch.name,
         gguf_arch=MODEL_ARCH_NAMES[MODEL_ARCH[arch.gguf_arch]],

@@ -92,7 +92,7 @@ def print_inventory(inv: Inventory) -> None:
     _line("inventory", f"{inv.path} ({inv.kind}, {inv.architecture}, {len(inv.tensors)} tensors)")
     _line("roles", "   ".join(f"{role} {n}" for role, n in inv.totals().items()))
     per_layer = inv.per_mtp_layer()
-    _line("MTP layers", "   ".join(f"layer {k}: {n} tensors" for k, n in per_layer.items()) or "none found")
+    _line("MTP layers", "   ".join(f"layer {'?' if k is None else k}: {n} tensors" for k, n in per_layer.items()) or "none found")
     for t in inv.mtp_tensors():
         log.info("  %-52s %-10s %s", t["name"], t["type"], t["shape"])
     for note in inv.notes:

@@ -17,6 +17,7 @@ from tqdm import tqdm
 from .convert import TensorSource
 from .errors import BadInputError
 from .manifest import Manifest, validate
+from .plan import mtp_head_names
 from .source import Checkpoint
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,10 @@ def structural_differences(manifest: Manifest, tm: dict[str, Any], reader: gguf.
             diffs.append(f"metadata key {item.key} is missing")
     written = {t["name"]: t for t in tm["tensors"]}
     planned = {e.name: e for e in manifest.tensors}
+    for block in range(manifest.layers["trunk"], (tm["block_count"] or 0)):
+        lacking = [name for name in mtp_head_names(block) if name not in written]
+        if lacking:
+            diffs.append(f"MTP block {block} lacks {', '.join(lacking)}: llama.cpp cannot run its head")
     for name in sorted(set(planned) - set(written)):
         diffs.append(f"missing tensor {name}")
     for name in sorted(set(written) - set(planned)):

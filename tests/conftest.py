@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import gguf
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
@@ -65,3 +67,29 @@ def fresh_ckpt(tmp_path) -> Path:
 @pytest.fixture
 def tiny_config() -> dict:
     return json.loads(json.dumps(TINY_CONFIG))
+
+
+HEADER_FIELDS = ("GGUF.version", "GGUF.tensor_count", "GGUF.kv_count")
+
+
+def copy_gguf(src, dst, *, drop_tensor=lambda name: False, drop_keys=(), set_uint32=None):
+    """Rewrite a GGUF with gguf-py (GGUFReader -> GGUFWriter), leaving out some tensors and keys."""
+    reader = gguf.GGUFReader(src)
+    arch = reader.get_field("general.architecture").contents()
+    writer = gguf.GGUFWriter(dst, arch=arch)
+    set_uint32 = dict(set_uint32 or {})
+    for name, field in reader.fields.items():
+        if name in HEADER_FIELDS or name == "general.architecture" or name in drop_keys or name in set_uint32:
+            continue
+        sub_type = field.types[-1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(name, field.contents(), field.types[0], sub_type=sub_type)
+    for key, value in set_uint32.items():
+        writer.add_uint32(key, value)
+    for t in reader.tensors:
+        if not drop_tensor(t.name):
+            writer.add_tensor(t.name, np.ascontiguousarray(t.data), raw_dtype=t.tensor_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return dst

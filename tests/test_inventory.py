@@ -1,3 +1,4 @@
+import os
 """mtpmanifest.inventory: what a checkpoint or a GGUF holds, its MTP tensors above all, and diffs between them."""
 import re
 from collections import Counter
@@ -13,7 +14,8 @@ from mtpmanifest.fixtures.deepseek_v3 import TINY_CONFIG, is_mtp_tensor, tensor_
 from mtpmanifest.inventory import checkpoint_inventory, gguf_inventory
 from mtpmanifest.plan import compile_manifest
 from mtpmanifest.source import Checkpoint
-from test_verify import NEXTN_KEY, copy_gguf
+from conftest import copy_gguf
+NEXTN_KEY = "deepseek2.nextn_predict_layers"
 
 
 def cli(*args, cwd, rc):
@@ -109,10 +111,10 @@ def test_key_without_nextn_tensors_noted(ours, tmp_path):
     assert len(inv.notes) == 1 and "nextn_predict_layers = 1 but no nextn.* tensors" in inv.notes[0]
 
 
-def test_user_arch_dropping_the_mtp_rules(tiny_ckpt, tmp_path):
-    """A user architecture dir (hydra.searchpath) whose YAML drops the MTP module's own rules. The MTP decoder
-    block is still claimed by the {bid} rules, so the GGUF keeps blk.4 and the nextn key but no nextn.* tensor:
-    the inventory must say the head is gone."""
+def test_user_arch_dropping_only_the_mtp_module_is_refused(tiny_ckpt, tmp_path):
+    """A user architecture dir (hydra.searchpath) whose YAML drops the MTP module's own rules while the {bid}
+    rules still claim the MTP decoder block: the GGUF would keep blk.4 and the nextn key without the head
+    tensors, a file whose MTP context aborts llama.cpp. The plan refuses it (exit 2) and writes nothing."""
     arch = yaml.safe_load(resources.files("mtpmanifest.conf").joinpath("arch/deepseek_v3.yaml").read_text())
     arch["name"] = "ds_nomtp"
     for rule in arch["tensors"]:
@@ -122,11 +124,8 @@ def test_user_arch_dropping_the_mtp_rules(tiny_ckpt, tmp_path):
     (tmp_path / "user" / "arch").mkdir(parents=True)
     (tmp_path / "user" / "arch" / "ds_nomtp.yaml").write_text(yaml.safe_dump(arch, sort_keys=False))
     out = tmp_path / "out"
-    run_cli(f"hydra.searchpath=[file://{tmp_path / 'user'}]", "arch=ds_nomtp", "quant=q8_0", f"model.path={tiny_ckpt}",
-            f"output.dir={out}", "stage=convert", cwd=tmp_path, check_rc=0)
-    dropped = (out / "manifest.json").read_text()
-    assert dropped.count('"reason": "MTP module not wanted"') == 6
-    inv = gguf_inventory(out / "model-q8_0.gguf")
-    assert not any(".nextn." in t["name"] for t in inv.tensors)
-    assert len([t for t in inv.tensors if t["name"].startswith("blk.4.")]) == 18
-    assert len(inv.notes) == 1 and "nextn_predict_layers = 1 but no nextn.* tensors" in inv.notes[0]
+    proc = run_cli(f"hydra.searchpath=[file://{tmp_path / 'user'}]", "arch=ds_nomtp", "quant=q8_0", f"model.path={tiny_ckpt}",
+                   f"output.dir={out}", "stage=convert", cwd=tmp_path, check_rc=2)
+    line = error_line(proc)
+    assert "MTP block 4 is kept without blk.4.nextn.eh_proj.weight, blk.4.nextn.enorm.weight, blk.4.nextn.hnorm.weight" in line
+    assert not out.exists() or os.listdir(out) == []

@@ -7,39 +7,13 @@ import gguf
 import numpy as np
 import pytest
 
-from conftest import error_line, run_cli
+from conftest import copy_gguf, error_line, run_cli
 from mtpmanifest.manifest import Manifest, schema_errors
 from mtpmanifest.source import Checkpoint
 from mtpmanifest.verify import verify
 
 GGUF_NAME = "model-q8_0.gguf"
 NEXTN_KEY = "deepseek2.nextn_predict_layers"
-HEADER_FIELDS = ("GGUF.version", "GGUF.tensor_count", "GGUF.kv_count")
-
-
-def copy_gguf(src, dst, *, drop_tensor=lambda name: False, drop_keys=(), set_uint32=None):
-    """Rewrite a GGUF with gguf-py (GGUFReader -> GGUFWriter), leaving out some tensors and keys."""
-    reader = gguf.GGUFReader(src)
-    arch = reader.get_field("general.architecture").contents()
-    writer = gguf.GGUFWriter(dst, arch=arch)
-    set_uint32 = dict(set_uint32 or {})
-    for name, field in reader.fields.items():
-        if name in HEADER_FIELDS or name == "general.architecture" or name in drop_keys or name in set_uint32:
-            continue
-        sub_type = field.types[-1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
-        writer.add_key_value(name, field.contents(), field.types[0], sub_type=sub_type)
-    for key, value in set_uint32.items():
-        writer.add_uint32(key, value)
-    for t in reader.tensors:
-        if not drop_tensor(t.name):
-            writer.add_tensor(t.name, np.ascontiguousarray(t.data), raw_dtype=t.tensor_type)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return dst
-
-
 def cli(ckpt, out, *extra, cwd, rc):
     return run_cli("arch=deepseek_v3", "quant=q8_0", f"model.path={ckpt}", f"output.dir={out}", *extra,
                    cwd=cwd, check_rc=rc)
@@ -159,6 +133,17 @@ def test_block_n_without_nextn_key_fails(tiny_ckpt, work, tmp_path, drop_nextn_t
     missing = sorted(d for d in report["differences"] if d.startswith("missing tensor"))
     expected = sorted(f"missing tensor {e.name}" for e in manifest.tensors if _nextn_tensor(e.name))
     assert missing == (expected if drop_nextn_tensors else [])
+
+
+def test_kept_mtp_block_without_head_tensors_fails(tiny_ckpt, work, tmp_path):
+    """Key and decoder block present, nextn.eh_proj/enorm/hnorm gone: llama.cpp aborts creating its MTP context."""
+    gguf_path = work / GGUF_NAME
+    original = tmp_path / "original.gguf"
+    gguf_path.rename(original)
+    copy_gguf(original, gguf_path, drop_tensor=lambda n: n.split(".")[-2] in ("eh_proj", "enorm", "hnorm"))
+    line, report = verify_fails(tiny_ckpt, work, tmp_path)
+    assert report["differences"][0] == ("MTP block 4 lacks blk.4.nextn.eh_proj.weight, blk.4.nextn.enorm.weight, "
+                                        "blk.4.nextn.hnorm.weight: llama.cpp cannot run its head")
 
 
 @pytest.mark.parametrize("name, damage", [

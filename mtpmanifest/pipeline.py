@@ -53,43 +53,37 @@ def stage_verify(cfg: AppConfig, manifest: Manifest, ckpt: Checkpoint, paths: di
     return doc
 
 
-def run(cfg: AppConfig) -> int:
-    # gguf-py's writer narrates every file it opens at INFO; our summary says what matters
-    logging.getLogger("gguf.gguf_writer").setLevel(logging.WARNING)
-    # SpecialVocab warns that a BOS-separated *pair* template cannot be stored; GGUF has no
-    # pair templates and llama.cpp never uses one, so that warning only adds noise
-    logging.getLogger("gguf.vocab").setLevel(logging.ERROR)
-    if cfg.stage not in STAGES:
-        raise ConfigError(f"stage={cfg.stage}: unknown stage; use one of {', '.join(STAGES)}")
-    if cfg.stage == "lint":
-        errors = lint_conf([Path(cfg.other).expanduser()] if cfg.other else [])
-        report.print_lint(errors)
-        if errors:
-            raise ConfigError(f"lint: {len(errors)} error(s) in the configuration files; the first: {errors[0]}", errors)
-        return 0
-    if cfg.stage in ("inventory", "diff"):
-        inv = inventory_of(model_path(cfg), cfg.arch)
-        report.print_inventory(inv)
-        if cfg.stage == "inventory":
-            return 0
-        if not cfg.other:
-            raise ConfigError("stage=diff needs other=FILE (a .gguf file or checkpoint directory)")
-        other = inventory_of(Path(cfg.other).expanduser(), cfg.arch)
-        report.print_inventory(other)
-        lines = diff(inv, other)
-        report.print_diff(lines)
-        if any(line.startswith("MTP") or "(mtp)" in line for line in lines):
-            raise VerificationError(f"MTP tensors differ between {inv.path} and {other.path}", lines)
-        return 0
+def run_lint(cfg: AppConfig) -> None:
+    errors = lint_conf([Path(cfg.other).expanduser()] if cfg.other else [])
+    report.print_lint(errors)
+    if errors:
+        raise ConfigError(f"lint: {len(errors)} error(s) in the configuration files; the first: {errors[0]}", errors)
 
-    paths = output_paths(cfg)
+
+def run_inventory(cfg: AppConfig) -> None:
+    inv = inventory_of(model_path(cfg), cfg.arch)
+    report.print_inventory(inv)
+    if cfg.stage == "inventory":
+        return
+    if not cfg.other:
+        raise ConfigError("stage=diff needs other=FILE (a .gguf file or checkpoint directory)")
+    other = inventory_of(Path(cfg.other).expanduser(), cfg.arch)
+    report.print_inventory(other)
+    lines = diff(inv, other)
+    report.print_diff(lines)
+    if any(line.startswith("MTP") or "(mtp)" in line for line in lines):
+        raise VerificationError(f"MTP tensors differ between {inv.path} and {other.path}", lines)
+
+
+def run_verify(cfg: AppConfig, paths: dict[str, Path]) -> None:
+    if not paths["manifest"].exists():
+        raise ConfigError(f"{paths['manifest']}: missing; run stage=plan or stage=convert first")
+    stage_verify(cfg, Manifest.read(paths["manifest"]), Checkpoint.open(model_path(cfg)), paths)
+
+
+def run_build(cfg: AppConfig, paths: dict[str, Path]) -> None:
+    """stage=plan, convert or all."""
     ckpt = Checkpoint.open(model_path(cfg))
-    if cfg.stage == "verify":
-        if not paths["manifest"].exists():
-            raise ConfigError(f"{paths['manifest']}: missing; run stage=plan or stage=convert first")
-        manifest = Manifest.read(paths["manifest"])
-        stage_verify(cfg, manifest, ckpt, paths)
-        return 0
     if cfg.stage != "plan" and paths["gguf"].exists() and not cfg.output.overwrite:
         raise ConfigError(f"{paths['gguf']}: exists; set output.overwrite=true to replace it")
     manifest = compile_manifest(cfg.arch, cfg.quant, ckpt)
@@ -98,10 +92,27 @@ def run(cfg: AppConfig) -> int:
     paths["dir"].mkdir(parents=True, exist_ok=True)
     if cfg.stage != "plan":
         convert(manifest, ckpt, paths["gguf"], overwrite=cfg.output.overwrite)
+        for stale in (paths["tensors"], paths["report"]):  # they described the file just replaced
+            stale.unlink(missing_ok=True)
     # written after a successful conversion, so a failed run never pairs a new manifest with an old GGUF
     manifest.write(paths["manifest"])
-    if cfg.stage == "plan":
-        return 0
     if cfg.stage == "all":
         stage_verify(cfg, manifest, ckpt, paths)
-    return 0
+
+
+def run(cfg: AppConfig) -> None:
+    # gguf-py's writer narrates every file it opens at INFO; our summary says what matters
+    logging.getLogger("gguf.gguf_writer").setLevel(logging.WARNING)
+    # SpecialVocab warns that a BOS-separated *pair* template cannot be stored; GGUF has no
+    # pair templates and llama.cpp never uses one, so that warning only adds noise
+    logging.getLogger("gguf.vocab").setLevel(logging.ERROR)
+    if cfg.stage not in STAGES:
+        raise ConfigError(f"stage={cfg.stage}: unknown stage; use one of {', '.join(STAGES)}")
+    if cfg.stage == "lint":
+        run_lint(cfg)
+    elif cfg.stage in ("inventory", "diff"):
+        run_inventory(cfg)
+    elif cfg.stage == "verify":
+        run_verify(cfg, output_paths(cfg))
+    else:
+        run_build(cfg, output_paths(cfg))

@@ -78,9 +78,14 @@ def _quant_semantics(data: dict[str, Any], where: str) -> list[str]:
     errors = []
     if data.get("file_type") not in gguf.LlamaFileType.__members__:
         errors.append(f"{where}: file_type '{data.get('file_type')}' is not a gguf LlamaFileType name")
-    for key in ("default_type", "fallback_type"):
-        if key in data and data[key] not in gguf.GGMLQuantizationType.__members__:
-            errors.append(f"{where}: {key} '{data[key]}' is not a GGMLQuantizationType name")
+    types = [("default_type", data.get("default_type")), ("mtp_floor", data.get("mtp_floor"))]
+    types += [(f"rules[{i}].type", r.get("type")) for i, r in enumerate(data.get("rules") or [])]
+    types += [(f"mtp_pins[{k}]", v) for k, v in (data.get("mtp_pins") or {}).items()]
+    for key, value in types:
+        if value is not None and value not in gguf.GGMLQuantizationType.__members__:
+            errors.append(f"{where}: {key} '{value}' is not a GGMLQuantizationType name")
+    for i, rule in enumerate(data.get("rules") or []):
+        errors += _check_expressions([rule.get("where")], f"{where}: rules[{i}]")
     return errors
 
 

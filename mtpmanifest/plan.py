@@ -19,7 +19,8 @@ from .ops import op_registry
 from .rules import CompiledRule, Match, compile_rules, match_all
 from .schema import ArchConfig, QuantConfig
 from .source import Checkpoint
-from .tensor_types import choose_type, n_bytes
+from .mtp_policy import apply_mtp_policy
+from .tensor_types import ModelFacts, assign_types
 
 log = logging.getLogger(__name__)
 MAX_LISTED = 20
@@ -136,7 +137,7 @@ def compile_manifest(arch: ArchConfig, quant: QuantConfig, ckpt: Checkpoint) -> 
         if rule.rule.role == "dropped":
             dropped += [{"source": m.name, "reason": rule.rule.reason or "", "rule": rule.pattern} for m in matches]
             continue
-        entries += _entries(rule, block, matches, values, n_trunk, quant, ckpt)
+        entries += _entries(rule, block, matches, values, n_trunk, ckpt)
 
     optional_absent = [
         rule.target_names(block)[0]
@@ -148,8 +149,11 @@ def compile_manifest(arch: ArchConfig, quant: QuantConfig, ckpt: Checkpoint) -> 
     for name in optional_absent:
         log.warning("optional tensor %s is absent from the checkpoint; llama.cpp falls back to the shared one", name)
 
-    counts = {role: sum(e.role == role for e in entries) for role in ("trunk", "mtp", "shared")}
     mtp_blocks = sorted({e.block for e in entries if e.role == "mtp" and e.block is not None})
+    metadata = resolve_metadata(arch, values)
+    assign_types(entries, quant, model_facts(metadata, n_trunk + len(mtp_blocks)))
+    apply_mtp_policy(entries, quant)
+    counts = {role: sum(e.role == role for e in entries) for role in ("trunk", "mtp", "shared")}
     written = {e.name for e in entries}
     for block in mtp_blocks:
         lacking = [name for name in mtp_head_names(block) if name not in written]
@@ -172,15 +176,23 @@ def compile_manifest(arch: ArchConfig, quant: QuantConfig, ckpt: Checkpoint) -> 
         bytes_in=sum(t.nbytes for t in ckpt.tensors.values()),
         bytes_out=sum(e.n_bytes for e in entries),
         vocab={"model": arch.vocab.model, "pre": arch.vocab.pre, "n_tokens": int(values.get("vocab_size", 0)) or 1},
-        metadata=resolve_metadata(arch, values),
+        metadata=metadata,
         tensors=entries,
         dropped=dropped,
         optional_absent=optional_absent,
     )
 
 
+def model_facts(metadata, n_layer: int) -> ModelFacts:
+    """What llama.cpp's type rules read from the GGUF metadata the manifest will write."""
+    by_suffix = {m.key.split(".", 1)[1]: m.value for m in metadata}
+    n_head = by_suffix.get("attention.head_count", 1)
+    n_head_kv = by_suffix.get("attention.head_count_kv", n_head) or n_head
+    return ModelFacts(n_layer=n_layer, n_expert=max(1, by_suffix.get("expert_count", 1)), n_gqa=n_head // n_head_kv)
+
+
 def _entries(rule: CompiledRule, block: int | None, matches: list[Match], values: dict[str, Any],
-             n_trunk: int, quant: QuantConfig, ckpt: Checkpoint) -> list[TensorEntry]:
+             n_trunk: int, ckpt: Checkpoint) -> list[TensorEntry]:
     params = {k: int(expr.evaluate(v, values)) for k, v in rule.rule.params.items()}
     if rule.op.many_inputs:
         matches = sorted(matches, key=lambda m: m.expert or 0)
@@ -198,12 +210,10 @@ def _entries(rule: CompiledRule, block: int | None, matches: list[Match], values
     role = _role(rule, block, n_trunk)
     entries = []
     for index, (kind, name, shape) in enumerate(zip(rule.kinds, rule.target_names(block), shapes)):
-        ne = list(reversed(shape))
-        qtype, reason = choose_type(name, ne, kind, quant)
         entries.append(TensorEntry(
-            name=name, shape=ne, type=qtype.name, type_rule=reason, role=role, block=block,
+            name=name, shape=list(reversed(shape)), type="", type_rule="", role=role, block=block,
             mtp_layer=block - n_trunk if role == "mtp" and block is not None else None,
             op=rule.op.name, params=params, output_index=index, sources=sources, scales=scale_names,
-            rule=rule.pattern, n_bytes=n_bytes(ne, qtype),
-        ))
+            rule=rule.pattern, n_bytes=0,
+        ))  # type and n_bytes: assign_types, once every tensor is known
     return entries

@@ -72,11 +72,24 @@ class ArchConfig:
 
 
 @dataclass
+class TypeRule:
+    """One line of a preset's type mix: first match wins (see tensor_types.py)."""
+
+    type: str = MISSING  # GGMLQuantizationType name
+    category: Optional[str] = None  # llama.cpp's category: output, token_embd, attn_v_like, attn_k, ffn_down …
+    name: Optional[str] = None  # regex searched in the GGUF tensor name
+    where: Optional[str] = None  # condition over ne0, i_layer, n_layer, more_bits, n_expert, n_gqa …
+
+
+@dataclass
 class QuantConfig:
     name: str = MISSING
-    file_type: str = MISSING  # gguf LlamaFileType name, e.g. MOSTLY_Q8_0
-    default_type: str = MISSING  # GGMLQuantizationType for 2-D weights
-    fallback_type: str = "F16"  # when a row length is not a multiple of the block size
+    file_type: str = MISSING  # gguf LlamaFileType name, e.g. MOSTLY_Q4_K_M
+    default_type: str = MISSING  # GGMLQuantizationType of weights no rule names
+    rules: List[TypeRule] = field(default_factory=list)
+    mtp: str = "protect"  # protect | inherit (llama.cpp's types, unchanged)
+    mtp_floor: Optional[str] = "Q6_K"  # protect: nextn.eh_proj never below this
+    mtp_pins: Dict[str, str] = field(default_factory=dict)  # regex -> type, for MTP tensors
 
 
 @dataclass

@@ -1,0 +1,104 @@
+"""Numeric primitives shared by the quantizers: float32 constants, ggml's nearest_int, sequential sums,
+fp16 conversion, integer narrowing and running maxima.
+
+Array convention in this package: per-sub-block data is laid out element-major, shape (n, B) -- the
+element index inside a (sub-)block first, the B independent (sub-)blocks second -- so that the
+sequential loops that C runs inside a block become n numpy operations over B lanes.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+F32 = np.float32
+GROUP_MAX_EPS = F32(1e-15)
+QK_K = 256
+_MAGIC = F32(12582912.0)
+
+
+def f32(v) -> np.float32:
+    """A C float literal (``0.1f`` is ``f32(0.1)``: the double rounded once to float)."""
+    return F32(v)
+
+
+def nearest_int(v: np.ndarray) -> np.ndarray:
+    """ggml's nearest_int: ``bits(v + 12582912.f) & 0x7fffff) - 0x400000`` as int32, literally (round half
+    to even in range, the same garbage as C out of range)."""
+    t = np.asarray(v, dtype=F32) + _MAGIC
+    return (t.view(np.int32) & 0x007FFFFF) - 0x00400000
+
+
+def seqsum(a: np.ndarray) -> np.ndarray:
+    """``acc = 0.f; for i: acc += a[i]`` over axis 0 of an (n, B) float32 array, in float32."""
+    acc = np.zeros(a.shape[1:], dtype=F32)
+    for i in range(a.shape[0]):
+        acc += a[i]
+    return acc
+
+
+def seqsum_rows(a: np.ndarray) -> np.ndarray:
+    """The same sequential sum over the last axis of a (B, n) array (for per-super-block sums)."""
+    acc = np.zeros(a.shape[:-1], dtype=F32)
+    for i in range(a.shape[-1]):
+        acc += a[..., i]
+    return acc
+
+
+def running_max(a: np.ndarray) -> np.ndarray:
+    """``m = 0; for i: if (a[i] > m) m = a[i];`` over axis 0 (strict '>', first occurrence wins)."""
+    m = np.zeros(a.shape[1:], dtype=F32)
+    for i in range(a.shape[0]):
+        m = np.where(a[i] > m, a[i], m)
+    return m
+
+
+def running_absmax(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``amax = max = 0; for i: if (|a| > amax) { amax = |a|; max = a; }`` over axis 0.
+    Returns (amax, signed max)."""
+    amax = np.zeros(a.shape[1:], dtype=F32)
+    mx = np.zeros(a.shape[1:], dtype=F32)
+    for i in range(a.shape[0]):
+        ax = np.abs(a[i])
+        upd = ax > amax
+        amax = np.where(upd, ax, amax)
+        mx = np.where(upd, a[i], mx)
+    return amax, mx
+
+
+def fp16_bits(v: np.ndarray) -> np.ndarray:
+    """GGML_FP32_TO_FP16 (round to nearest even, subnormals, overflow to inf) as uint16 bits."""
+    return np.asarray(v, dtype=F32).astype(np.float16).view(np.uint16)
+
+
+def fp16_to_f32(bits: np.ndarray) -> np.ndarray:
+    """GGML_FP16_TO_FP32 (exact)."""
+    return np.asarray(bits, dtype=np.uint16).view(np.float16).astype(F32)
+
+
+def u16_bytes(bits: np.ndarray) -> np.ndarray:
+    """(B,) uint16 -> (B, 2) little-endian bytes."""
+    return np.ascontiguousarray(bits, dtype="<u2").view(np.uint8).reshape(-1, 2)
+
+
+def as_u8(v: np.ndarray) -> np.ndarray:
+    """Store an int into ``uint8_t`` (wraps modulo 256)."""
+    return (np.asarray(v).astype(np.int64) & 0xFF).astype(np.uint8)
+
+
+def as_i8(v: np.ndarray) -> np.ndarray:
+    """Store an int into ``int8_t`` (wraps modulo 256, two's complement)."""
+    return as_u8(v).view(np.int8)
+
+
+def to_lanes(x: np.ndarray, n: int) -> np.ndarray:
+    """(nb, QK) super-blocks -> (n, nb*QK/n) element-major sub-blocks (sub-block s = blk*(QK/n) + j)."""
+    return np.ascontiguousarray(x.reshape(-1, n).T)
+
+
+def from_lanes(lanes: np.ndarray, qk: int = QK_K) -> np.ndarray:
+    """Inverse of :func:`to_lanes`: (n, B) -> (nb, qk)."""
+    return np.ascontiguousarray(lanes.T).reshape(-1, qk)
+
+
+def per_block(v: np.ndarray, nsub: int) -> np.ndarray:
+    """(B,) sub-block values -> (nsub, nb) element-major over the sub-blocks of each super-block."""
+    return np.ascontiguousarray(v.reshape(-1, nsub).T)

@@ -80,7 +80,7 @@ def _quant_semantics(data: dict[str, Any], where: str) -> list[str]:
         errors.append(f"{where}: file_type '{data.get('file_type')}' is not a gguf LlamaFileType name")
     types = [("default_type", data.get("default_type")), ("mtp_floor", data.get("mtp_floor"))]
     types += [(f"rules[{i}].type", r.get("type")) for i, r in enumerate(data.get("rules") or [])]
-    types += [(f"mtp_pins[{k}]", v) for k, v in (data.get("mtp_pins") or {}).items()]
+    types += [(f"mtp_pins[{i}]", str(p).rpartition("=")[2]) for i, p in enumerate(data.get("mtp_pins") or [])]
     for key, value in types:
         if value is not None and value not in gguf.GGMLQuantizationType.__members__:
             errors.append(f"{where}: {key} '{value}' is not a GGMLQuantizationType name")

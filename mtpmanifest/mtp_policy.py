@@ -3,7 +3,7 @@
 `inherit` leaves llama.cpp's types (identical to llama_model_quantize). `protect` keeps the draft
 head as good as the trunk's: the head's copy of the output head takes output.weight's type, its
 embedding copy takes token_embd.weight's, and nextn.eh_proj is never below `mtp_floor`. In both
-modes `mtp_pins` (regex -> type) pins MTP tensors explicitly.
+modes `mtp_pins` ("REGEX=TYPE") pin MTP tensors explicitly.
 """
 from __future__ import annotations
 
@@ -23,14 +23,26 @@ def apply_mtp_policy(entries: list[TensorEntry], quant: QuantConfig) -> None:
     if quant.mtp not in POLICIES:
         raise ConfigError(f"quant.mtp={quant.mtp}: unknown MTP policy; use one of {', '.join(POLICIES)}")
     by_name = {e.name: e for e in entries}
+    pins = [parse_pin(pin, where) for pin in quant.mtp_pins]
     for entry in (e for e in entries if e.role == "mtp"):
         if quant.mtp == "protect":
             _protect(entry, by_name, quant, where)
-        for pattern, type_name in quant.mtp_pins.items():
+        for pattern, type_name in pins:
             if re.search(pattern, entry.name):
                 qtype, note = fallback(ggml_type(type_name, f"{where} mtp_pins"), entry.shape[0])
                 _set(entry, qtype, f"MTP pin {pattern!r}: {type_name}{note}")
                 break
+
+
+def parse_pin(pin: str, where: str) -> tuple[str, str]:
+    pattern, sep, type_name = pin.rpartition("=")
+    if not sep or not pattern:
+        raise ConfigError(f"{where} mtp_pins: '{pin}' is not REGEX=TYPE")
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ConfigError(f"{where} mtp_pins: '{pattern}' is not a regular expression: {exc}") from None
+    return pattern, type_name
 
 
 def _protect(entry: TensorEntry, by_name: dict[str, TensorEntry], quant: QuantConfig, where: str) -> None:

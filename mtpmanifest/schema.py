@@ -89,7 +89,7 @@ class QuantConfig:
     rules: List[TypeRule] = field(default_factory=list)
     mtp: str = "protect"  # protect | inherit (llama.cpp's types, unchanged)
     mtp_floor: Optional[str] = "Q6_K"  # protect: nextn.eh_proj never below this
-    mtp_pins: Dict[str, str] = field(default_factory=dict)  # regex -> type, for MTP tensors
+    mtp_pins: List[str] = field(default_factory=list)  # "REGEX=TYPE" (llama-quantize --tensor-type style), MTP tensors
 
 
 @dataclass

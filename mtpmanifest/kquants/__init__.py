@@ -1,0 +1,7 @@
+"""Bit-exact numpy ports of llama.cpp's (ggml 0.25.3) Q8_0 and K-quant quantizers (Q2_K..Q6_K), with and
+without an importance matrix: ``quantize`` returns exactly the bytes ``ggml_quantize_chunk`` writes."""
+from __future__ import annotations
+
+from .api import SUPPORTED, dequantize, quantize
+
+__all__ = ["SUPPORTED", "quantize", "dequantize"]

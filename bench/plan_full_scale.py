@@ -74,12 +74,12 @@ def bench_config(layers: int | None, experts: int | None) -> dict:
     config = copy.deepcopy(FULL_CONFIG)
     if layers is not None:
         if layers < 2:
-            raise SystemExit("--layers must be >= 2 (one dense and one MoE trunk layer)")
+            raise RuntimeError("--layers must be >= 2 (one dense and one MoE trunk layer)")
         config["num_hidden_layers"] = layers
         config["first_k_dense_replace"] = min(FULL_CONFIG["first_k_dense_replace"], layers - 1)
     if experts is not None:
         if experts < 1:
-            raise SystemExit("--experts must be >= 1")
+            raise RuntimeError("--experts must be >= 1")
         config["n_routed_experts"] = experts
         config["num_experts_per_tok"] = min(FULL_CONFIG["num_experts_per_tok"], experts)
         config["n_group"] = math.gcd(FULL_CONFIG["n_group"], experts)
@@ -133,7 +133,7 @@ def split_shards(groups, n_shards: int, n_trunk: int) -> list[list]:
     mtp = [g for g in groups if is_mtp(g)]
     n_trunk_shards = n_shards - 1 if mtp else n_shards
     if not 1 <= n_trunk_shards <= len(trunk):
-        raise SystemExit(f"--shards {n_shards}: cannot split {len(trunk)} trunk tensor groups that way")
+        raise RuntimeError(f"--shards {n_shards}: cannot split {len(trunk)} trunk tensor groups that way")
     total = sum(nbytes for _, nbytes in trunk)
     shards: list[list] = [[] for _ in range(n_trunk_shards)]
     current = done = 0
@@ -184,7 +184,7 @@ def build(model_dir: pathlib.Path, config: dict, n_shards: int, force: bool = Fa
             (model_dir / name).unlink(missing_ok=True)
         marker.unlink()
     elif model_dir.exists() and any(model_dir.iterdir()):
-        raise SystemExit(f"{model_dir}: not empty and not a benchmark checkpoint ({MARKER} missing); "
+        raise RuntimeError(f"{model_dir}: not empty and not a benchmark checkpoint ({MARKER} missing); "
                          "pass an empty or new --dir")
     model_dir.mkdir(parents=True, exist_ok=True)
 
@@ -404,6 +404,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cold", action="store_true",
                         help="evict the checkpoint's files from the page cache (posix_fadvise) before each run")
     args = parser.parse_args(argv)
+    if args.runs < 1:
+        parser.error("--runs must be >= 1")
     sys.stdout.reconfigure(line_buffering=True)  # progress lines appear as they happen
 
     config = bench_config(args.layers, args.experts)
@@ -439,6 +441,10 @@ def main(argv: list[str] | None = None) -> int:
         manifest_path = work / "probe-out" / "manifest.json"
         manifest = json.loads(manifest_path.read_text())
         manifest_size = manifest_path.stat().st_size
+        if statistics.median(times) >= args.target_seconds and not args.profile:  # too slow: say where it goes
+            args.profile = 30
+            profiled = probe_plan(model_dir, work / "profile-out", work, args.profile)
+            probe |= {k: v for k, v in profiled.items() if k.startswith("profile_")}
     reads = account_reads(probe, model_dir, info)
 
     n_trunk = config["num_hidden_layers"]
@@ -492,6 +498,6 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except RuntimeError as exc:  # the engine failed: show its output, not this script's traceback
+    except RuntimeError as exc:  # bad options or a failed engine run: one message, no traceback
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -1,14 +1,19 @@
 """The command line: `python -m mtpmanifest arch=deepseek_v3 quant=q8_0 model.path=DIR output.dir=DIR`.
 
-The only module that imports hydra. Exit codes: 0 ok, 2 configuration or usage error (Hydra's own
-composition errors included), 3 bad input checkpoint, 4 verification failed, 70 internal error.
+The CLI layer: this module and sweep.py are the only ones importing hydra. Exit codes: 0 ok,
+2 configuration or usage error (Hydra's own composition errors included), 3 bad input checkpoint,
+4 verification failed, 70 internal error. A sweep (`-m`, or `+sweep=...`) runs every job and then
+exits with sweep.exit_code(): 0 if all jobs succeeded, 4 if any failed verification, else the
+code of the first failed job.
 """
 import sys
+from typing import Any
 
 import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from . import sweep
 from .errors import MtpManifestError
 from .pipeline import run
 from .schema import AppConfig
@@ -17,10 +22,12 @@ ConfigStore.instance().store(name="mtpmanifest_schema", node=AppConfig)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://mtpmanifest.conf", config_name="config")
-def task(cfg: DictConfig) -> None:
+def task(cfg: DictConfig) -> dict[str, Any]:
+    if sweep.is_multirun():
+        return sweep.run_job(cfg)  # never exits: a failed job is recorded, the others still run
     debug = bool(cfg.get("debug", False))
     try:
-        run(OmegaConf.to_object(cfg))
+        return run(OmegaConf.to_object(cfg))
     except MtpManifestError as exc:
         if debug:
             raise
@@ -39,6 +46,9 @@ def main() -> None:
     except SystemExit as exc:
         # Hydra reports its own composition/override errors with exit status 1: a usage error here
         sys.exit(2 if exc.code == 1 else exc.code)
+    code = sweep.exit_code_of_last_sweep()
+    if code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

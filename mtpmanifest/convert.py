@@ -28,11 +28,16 @@ def encode(data: np.ndarray, qtype: gguf.GGMLQuantizationType) -> np.ndarray:
     return gguf.quants.quantize(np.ascontiguousarray(data, dtype=np.float32), qtype)
 
 
+def row_ranges(n_rows: int, row_length: int) -> Iterator[tuple[int, int]]:
+    step = max(1, CHUNK_ELEMENTS // max(1, row_length))
+    for start in range(0, n_rows, step):
+        yield start, min(n_rows, start + step)
+
+
 def _row_chunks(data: np.ndarray) -> Iterator[np.ndarray]:
     rows = data.reshape(-1, data.shape[-1]) if data.ndim > 1 else data.reshape(1, -1)
-    step = max(1, CHUNK_ELEMENTS // max(1, rows.shape[1]))
-    for start in range(0, rows.shape[0], step):
-        yield rows[start:start + step]
+    for start, stop in row_ranges(rows.shape[0], rows.shape[1]):
+        yield rows[start:stop]
 
 
 class TensorSource:
@@ -68,6 +73,11 @@ class TensorSource:
             for source in entry.sources:
                 for rows in _row_chunks(self.ckpt.read(source)):
                     yield encode(rows, qtype)
+            return
+        if entry.op == "copy" and len(entry.shape) == 2:
+            # stream the source in row slices: a vocabulary-sized tensor is never whole in memory
+            for start, stop in row_ranges(entry.shape[1], entry.shape[0]):
+                yield encode(self.ckpt.read(entry.sources[0], rows=(start, stop)), qtype)
             return
         data = self.outputs(entry)[entry.output_index]
         for rows in _row_chunks(data):

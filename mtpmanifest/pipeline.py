@@ -7,7 +7,7 @@ from typing import Any
 
 from . import report
 from .convert import convert
-from .errors import ConfigError, VerificationError
+from .errors import ConfigError, MtpManifestError, VerificationError
 from .inventory import diff, inventory_of
 from .lint import lint_conf
 from .manifest import Manifest, write_json_atomic
@@ -40,16 +40,19 @@ def output_paths(cfg: AppConfig) -> dict[str, Path]:
 
 
 
-def stage_verify(cfg: AppConfig, manifest: Manifest, ckpt: Checkpoint, paths: dict[str, Path]) -> dict[str, Any]:
-    result = verify(manifest, paths["gguf"], ckpt, numeric=cfg.verify.numeric)
+def stage_verify(cfg: AppConfig, manifest: Manifest, ckpt: Checkpoint, paths: dict[str, Path], *,
+                 progress: bool = True) -> dict[str, Any]:
+    result = verify(manifest, paths["gguf"], ckpt, numeric=cfg.verify.numeric, progress=progress)
     write_json_atomic(paths["tensors"], result.tensor_manifest)
     doc = report.build(manifest, result, paths)
     write_json_atomic(paths["report"], doc)
     report.print_verify(doc)
     if not result.ok:
-        raise VerificationError(
+        exc = VerificationError(
             f"{paths['gguf']}: {len(result.failures)} verification failure(s): {result.failures[0]}", result.failures
         )
+        exc.report = doc  # failure_record() keeps the numbers of a file that failed its bounds
+        raise exc
     return doc
 
 
@@ -75,14 +78,14 @@ def run_inventory(cfg: AppConfig) -> None:
         raise VerificationError(f"MTP tensors differ between {inv.path} and {other.path}", lines)
 
 
-def run_verify(cfg: AppConfig, paths: dict[str, Path]) -> None:
+def run_verify(cfg: AppConfig, paths: dict[str, Path], *, progress: bool = True) -> dict[str, Any]:
     if not paths["manifest"].exists():
         raise ConfigError(f"{paths['manifest']}: missing; run stage=plan or stage=convert first")
-    stage_verify(cfg, Manifest.read(paths["manifest"]), Checkpoint.open(model_path(cfg)), paths)
+    return stage_verify(cfg, Manifest.read(paths["manifest"]), Checkpoint.open(model_path(cfg)), paths, progress=progress)
 
 
-def run_build(cfg: AppConfig, paths: dict[str, Path]) -> None:
-    """stage=plan, convert or all."""
+def run_build(cfg: AppConfig, paths: dict[str, Path], *, progress: bool = True) -> tuple[Manifest, dict[str, Any] | None]:
+    """stage=plan, convert or all: the manifest, and the verify report for stage=all."""
     ckpt = Checkpoint.open(model_path(cfg))
     if cfg.stage != "plan" and paths["gguf"].exists() and not cfg.output.overwrite:
         raise ConfigError(f"{paths['gguf']}: exists; set output.overwrite=true to replace it")
@@ -91,16 +94,65 @@ def run_build(cfg: AppConfig, paths: dict[str, Path]) -> None:
     report.print_plan(manifest, paths)
     paths["dir"].mkdir(parents=True, exist_ok=True)
     if cfg.stage != "plan":
-        convert(manifest, ckpt, paths["gguf"], overwrite=cfg.output.overwrite)
+        convert(manifest, ckpt, paths["gguf"], overwrite=cfg.output.overwrite, progress=progress)
         for stale in (paths["tensors"], paths["report"]):  # they described the file just replaced
             stale.unlink(missing_ok=True)
     # written after a successful conversion, so a failed run never pairs a new manifest with an old GGUF
-    manifest.write(paths["manifest"])
+    write_json_atomic(paths["manifest"], manifest.to_json())  # validated above
     if cfg.stage == "all":
-        stage_verify(cfg, manifest, ckpt, paths)
+        return manifest, stage_verify(cfg, manifest, ckpt, paths, progress=progress)
+    return manifest, None
 
 
-def run(cfg: AppConfig) -> None:
+def result_record(cfg: AppConfig, paths: dict[str, Path] | None = None, *, manifest: Manifest | None = None,
+                  doc: dict[str, Any] | None = None, error: Exception | None = None) -> dict[str, Any]:
+    """What one run produced, as plain JSON (a sweep job's result.json): preset, file size, bits per
+    weight, relative-RMSE statistics per role (trunk, mtp, shared) and, once measured, MTP acceptance."""
+    record: dict[str, Any] = {
+        "status": "ok" if error is None else "failed",
+        "exit_code": 0 if error is None else getattr(error, "exit_code", 70),
+        "error": None if error is None else error_text(error),
+        "preset": cfg.quant.name,
+        "arch": cfg.arch.name,
+        "stage": cfg.stage,
+        "model": str(model_path(cfg)),
+        "output_dir": str(paths["dir"]) if paths else None,
+        "gguf": None,
+        "file_size": None,
+        "bits_per_weight": None,
+        "numeric_stats": {},
+        "mtp_acceptance": None,  # the acceptance stage (speculative decoding with the MTP head) fills this
+    }
+    if doc is not None:
+        record.update(gguf=doc["gguf"], file_size=doc["file_size"], bits_per_weight=doc["bits_per_weight"],
+                      numeric_stats=doc["numeric_stats"])
+    elif manifest is not None:
+        record["bits_per_weight"] = {
+            "trunk": report.bits_per_weight([e for e in manifest.tensors if e.role != "mtp"]),
+            "mtp": report.bits_per_weight([e for e in manifest.tensors if e.role == "mtp"]),
+        }
+        if paths and cfg.stage != "plan" and paths["gguf"].exists():
+            record.update(gguf=str(paths["gguf"]), file_size=paths["gguf"].stat().st_size)
+    return record
+
+
+def error_text(exc: BaseException) -> str:
+    """The one line the CLI prints for an error (without its `mtpmanifest: error:` prefix)."""
+    if isinstance(exc, MtpManifestError):
+        return str(exc)
+    text = f"{type(exc).__name__}: {exc}".rstrip(": ")
+    return f"internal error: {text}"
+
+
+def failure_record(cfg: AppConfig, exc: Exception) -> dict[str, Any]:
+    """result_record() for a run that raised; a verification failure keeps its file's numbers."""
+    paths = output_paths(cfg) if cfg.stage not in ("lint", "inventory", "diff") else None
+    return result_record(cfg, paths, doc=getattr(exc, "report", None), error=exc)
+
+
+def run(cfg: AppConfig, *, progress: bool = True) -> dict[str, Any]:
+    """Run cfg.stage and return its result_record(); raise MtpManifestError on bad input or results.
+    progress=False silences the progress bars (a sweep's jobs)."""
     # gguf-py's writer narrates every file it opens at INFO; our summary says what matters
     logging.getLogger("gguf.gguf_writer").setLevel(logging.WARNING)
     # SpecialVocab warns that a BOS-separated *pair* template cannot be stored; GGUF has no
@@ -110,9 +162,12 @@ def run(cfg: AppConfig) -> None:
         raise ConfigError(f"stage={cfg.stage}: unknown stage; use one of {', '.join(STAGES)}")
     if cfg.stage == "lint":
         run_lint(cfg)
-    elif cfg.stage in ("inventory", "diff"):
+        return result_record(cfg)
+    if cfg.stage in ("inventory", "diff"):
         run_inventory(cfg)
-    elif cfg.stage == "verify":
-        run_verify(cfg, output_paths(cfg))
-    else:
-        run_build(cfg, output_paths(cfg))
+        return result_record(cfg)
+    paths = output_paths(cfg)
+    if cfg.stage == "verify":
+        return result_record(cfg, paths, doc=run_verify(cfg, paths, progress=progress))
+    manifest, doc = run_build(cfg, paths, progress=progress)
+    return result_record(cfg, paths, manifest=manifest, doc=doc)

@@ -51,18 +51,40 @@ def _layer_count(text: str, values: dict[str, Any], what: str) -> int:
     return count
 
 
-def _check_match(m: Match, values: dict[str, Any], n_trunk: int, n_block: int, ckpt: Checkpoint) -> None:
+class _Expectations:
+    """What config.json implies for a rule: its source shape and the blocks that have it (cached,
+    since a full-size checkpoint asks for the same few answers ~100k times)."""
+
+    def __init__(self, values: dict[str, Any]):
+        self.values = values
+        self._shapes: dict[int, tuple[int, ...]] = {}
+        self._blocks: dict[tuple[int, int], bool] = {}
+
+    def shape(self, rule: CompiledRule) -> tuple[int, ...]:
+        if rule.index not in self._shapes:
+            self._shapes[rule.index] = tuple(int(expr.evaluate(d, self.values)) for d in rule.rule.shape)
+        return self._shapes[rule.index]
+
+    def in_block(self, rule: CompiledRule, block: int) -> bool:
+        key = (rule.index, block)
+        if key not in self._blocks:
+            self._blocks[key] = not rule.rule.where or bool(expr.evaluate(rule.rule.where, {**self.values, "bid": block}))
+        return self._blocks[key]
+
+
+def _check_match(m: Match, expect: _Expectations, n_trunk: int, n_block: int, ckpt: Checkpoint) -> None:
     rule = m.rule.rule
     if m.block is not None:
         if m.block >= n_block:
             raise BadInputError(f"{m.name}: block {m.block} is beyond the {n_trunk} trunk + {n_block - n_trunk} MTP layers config.json declares")
         if m.rule.block_placeholder == "mtp" and m.block < n_trunk:
             raise BadInputError(f"{m.name}: MTP tensor in trunk block {m.block} (num trunk layers {n_trunk})")
-        if rule.where and not expr.evaluate(rule.where, {**values, "bid": m.block}):
+        if not expect.in_block(m.rule, m.block):
             raise BadInputError(f"{m.name}: not expected in block {m.block} by config.json ({rule.where} is false)")
     tensor = ckpt.tensors[m.name]
+    values = expect.values
     if rule.shape:
-        expected = tuple(int(expr.evaluate(d, values)) for d in rule.shape)
+        expected = expect.shape(m.rule)
         if tensor.shape != expected:
             raise BadInputError(
                 f"{m.name}: shape {list(tensor.shape)} contradicts config.json: expected [{', '.join(rule.shape)}] = {list(expected)}"
@@ -71,14 +93,14 @@ def _check_match(m: Match, values: dict[str, Any], n_trunk: int, n_block: int, c
         raise BadInputError(f"{m.name}: dtype F8_E4M3 but config.json declares no quantization_config with quant_method fp8")
 
 
-def _expected(rule: CompiledRule, values: dict[str, Any], n_trunk: int, n_block: int) -> list[int | None]:
+def _expected(rule: CompiledRule, expect: _Expectations, n_trunk: int, n_block: int) -> list[int | None]:
     """Blocks in which `rule` must find a tensor (None: a tensor outside blocks)."""
     if rule.rule.optional or rule.rule.role == "dropped":
         return []
     if rule.block_placeholder is None:
         return [None]
     blocks = range(n_trunk, n_block) if rule.block_placeholder == "mtp" else range(n_block)
-    return [b for b in blocks if not rule.rule.where or expr.evaluate(rule.rule.where, {**values, "bid": b})]
+    return [b for b in blocks if expect.in_block(rule, b)]
 
 
 def _role(rule: CompiledRule, block: int | None, n_trunk: int) -> str:
@@ -107,9 +129,10 @@ def compile_manifest(arch: ArchConfig, quant: QuantConfig, ckpt: Checkpoint) -> 
     if unclaimed:
         raise BadInputError(f"{len(unclaimed)} source tensor(s) claimed by no rule of {where}: {_listing(unclaimed)}", unclaimed)
 
+    expect = _Expectations(values)
     groups: dict[tuple[int, int | None, str], list[Match]] = defaultdict(list)
     for m in claims.values():
-        _check_match(m, values, n_trunk, n_block, ckpt)
+        _check_match(m, expect, n_trunk, n_block, ckpt)
         key_name = "" if m.rule.op.many_inputs else m.name
         groups[(m.rule.index, m.block, key_name)].append(m)
 
@@ -123,7 +146,7 @@ def compile_manifest(arch: ArchConfig, quant: QuantConfig, ckpt: Checkpoint) -> 
     missing = [
         rule.target_names(block)[0] if rule.kinds else rule.pattern
         for rule in rules
-        for block in _expected(rule, values, n_trunk, n_block)
+        for block in _expected(rule, expect, n_trunk, n_block)
         if (rule.index, block) not in found
     ]
     if missing:

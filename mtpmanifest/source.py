@@ -218,31 +218,48 @@ class Checkpoint:
     def scale_names(self) -> set[str]:
         return {t.scale for t in self.tensors.values() if t.scale is not None}
 
-    def read(self, name: str) -> np.ndarray:
+    def read(self, name: str, rows: tuple[int, int] | None = None) -> np.ndarray:
+        """float32 values of a tensor, or of rows [start, stop) of a 2-D one (so a vocabulary-sized
+        tensor can be streamed in slices); FP8 weights come back multiplied by their block scales."""
         tensor, file = self.tensors[name], self.path / self.tensors[name].file
         storage, itemsize = SAFETENSORS_DTYPES[tensor.dtype]
-        count = tensor.nbytes // itemsize
-        try:  # only this tensor's byte range is read
-            raw = np.fromfile(file, dtype=storage, count=count, offset=tensor.offset)
+        shape, offset, count = tensor.shape, tensor.offset, tensor.nbytes // itemsize
+        if rows is not None:
+            if len(shape) != 2 or not 0 <= rows[0] <= rows[1] <= shape[0]:
+                raise ValueError(f"{name}: cannot read rows {rows} of a tensor of shape {shape}")
+            shape = (rows[1] - rows[0], shape[1])
+            offset, count = offset + rows[0] * shape[1] * itemsize, shape[0] * shape[1]
+        try:  # only this byte range is read
+            raw = np.fromfile(file, dtype=storage, count=count, offset=offset)
         except OSError as err:
             raise _bad(file, f"cannot read tensor {name!r}: {err.strerror}") from None
         if raw.size != count:
             raise _bad(file, f"tensor {name!r} is truncated: {raw.size} of {count} elements present")
-        if tensor.dtype == "F8_E4M3":  # decode, then multiply each element by its block's scale
-            *_, rows, cols = matrix = _as_matrix(tensor.shape)
-            block_rows, block_cols = self.block_size or DEFAULT_BLOCK_SIZE
-            scale = self.read(tensor.scale).reshape(_scale_shape(tensor.shape, (block_rows, block_cols)))
-            scale = np.repeat(np.repeat(scale, block_rows, axis=-2), block_cols, axis=-1)[..., :rows, :cols]
-            values = E4M3FN_TO_F32[raw].reshape(matrix) * scale  # edge blocks cropped to the weight
-        elif tensor.dtype == "BF16":
-            values = (raw.astype(np.uint32) << 16).view(np.float32)
+        if tensor.dtype == "F8_E4M3":
+            values = self._fp8_values(tensor, raw, rows[0] if rows else 0, shape)
+        elif tensor.dtype == "BF16":  # bf16 bits are the high half of a float32
+            bits = np.zeros(count, dtype=np.uint32)
+            bits.view(np.uint16)[1::2] = raw
+            values = bits.view(np.float32)
         else:
             with np.errstate(over="ignore"):  # F64 beyond float32 range becomes Inf, reported below
                 values = raw.astype(np.float32)
-        nan_count, inf_count = int(np.isnan(values).sum()), int(np.isinf(values).sum())
-        if nan_count or inf_count:
+        if not np.isfinite(values).all():
+            nan_count, inf_count = int(np.isnan(values).sum()), int(np.isinf(values).sum())
             raise _bad(file, f"tensor {name!r} contains {nan_count} NaN and {inf_count} Inf values")
-        return values.reshape(tensor.shape)
+        return values.reshape(shape)
+
+    def _fp8_values(self, tensor: SourceTensor, raw: np.ndarray, first_row: int, shape: tuple[int, ...]) -> np.ndarray:
+        """Decode e4m3fn codes and multiply each by its block's scale (edge blocks cropped to the weight)."""
+        *lead, n_rows, n_cols = matrix = _as_matrix(shape)
+        block_rows, block_cols = self.block_size or DEFAULT_BLOCK_SIZE
+        scale = self.read(tensor.scale).reshape(_scale_shape(tensor.shape, (block_rows, block_cols)))
+        row_blocks = (np.arange(first_row, first_row + n_rows) // block_rows)
+        col_blocks = np.arange(n_cols) // block_cols
+        per_element = scale[..., row_blocks, :][..., col_blocks]
+        values = E4M3FN_TO_F32[raw].reshape(matrix)
+        values *= per_element
+        return values
 
     def fingerprint(self) -> str:
         inventory = [[t.name, t.dtype, list(t.shape), t.file] for _, t in sorted(self.tensors.items())]

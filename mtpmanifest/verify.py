@@ -14,7 +14,7 @@ import gguf
 import numpy as np
 from tqdm import tqdm
 
-from .convert import TensorSource
+from .convert import TensorSource, row_ranges
 from .errors import BadInputError
 from .manifest import Manifest, validate
 from .plan import mtp_head_names
@@ -124,6 +124,8 @@ def numeric_check(entry, data: np.ndarray, source: TensorSource) -> dict[str, An
     qtype = gguf.GGMLQuantizationType[entry.type]
     if source.ops[entry.op].many_inputs:
         pairs = ((source.ckpt.read(s), data[i]) for i, s in enumerate(entry.sources))
+    elif entry.op == "copy" and len(entry.shape) == 2:  # row slices, as convert streams them
+        pairs = ((source.ckpt.read(entry.sources[0], rows=r), data[r[0]:r[1]]) for r in row_ranges(entry.shape[1], entry.shape[0]))
     else:
         pairs = iter([(source.array(entry), data)])
     err = ref = 0.0

@@ -20,6 +20,15 @@ def f32(v) -> np.float32:
     return F32(v)
 
 
+def round_clip_f(v: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """float32(clamp(nearest_int(v), lo, hi)), computed as ``(v + 12582912) - 12582912``: equal to the
+    literal form only where v is finite and |v| <= 4194303 -- callers check that per lane first.
+    v is overwritten (it must be a temporary)."""
+    v += _MAGIC
+    v -= _MAGIC
+    return np.clip(v, lo, hi, out=v)
+
+
 def nearest_int(v: np.ndarray) -> np.ndarray:
     """ggml's nearest_int: ``bits(v + 12582912.f) & 0x7fffff) - 0x400000`` as int32, literally (round half
     to even in range, the same garbage as C out of range)."""
@@ -27,12 +36,33 @@ def nearest_int(v: np.ndarray) -> np.ndarray:
     return (t.view(np.int32) & 0x007FFFFF) - 0x00400000
 
 
-def seqsum(a: np.ndarray) -> np.ndarray:
-    """``acc = 0.f; for i: acc += a[i]`` over axis 0 of an (n, B) float32 array, in float32."""
+def _seqsum_loop(a: np.ndarray) -> np.ndarray:
     acc = np.zeros(a.shape[1:], dtype=F32)
     for i in range(a.shape[0]):
         acc += a[i]
     return acc
+
+
+def _reduce_is_sequential() -> bool:
+    """numpy reduces axis 0 of a C-contiguous (n, B) array row by row (``out += a[i]``), which is C's
+    order; it switches to pairwise summation when the reduced axis becomes the inner loop (B == 1).
+    Checked once on data where the order shows, so a numpy that does otherwise falls back to the loop."""
+    rng = np.random.default_rng(12345)
+    for n, b in ((8, 8), (16, 9), (32, 64), (256, 8)):
+        a = (rng.standard_normal((n, b)) * np.exp(rng.standard_normal((n, b)) * 4)).astype(F32)
+        if not np.array_equal(np.add.reduce(a, axis=0, initial=0.0), _seqsum_loop(a)):
+            return False
+    return True
+
+
+_FAST_REDUCE = _reduce_is_sequential()
+
+
+def seqsum(a: np.ndarray) -> np.ndarray:
+    """``acc = 0.f; for i: acc += a[i]`` over axis 0 of an (n, B) float32 array, in float32."""
+    if _FAST_REDUCE and a.ndim == 2 and a.shape[1] >= 8 and a.flags.c_contiguous and a.dtype == F32:
+        return np.add.reduce(a, axis=0, initial=0.0)
+    return _seqsum_loop(a)
 
 
 def seqsum_rows(a: np.ndarray) -> np.ndarray:
@@ -102,3 +132,13 @@ def from_lanes(lanes: np.ndarray, qk: int = QK_K) -> np.ndarray:
 def per_block(v: np.ndarray, nsub: int) -> np.ndarray:
     """(B,) sub-block values -> (nsub, nb) element-major over the sub-blocks of each super-block."""
     return np.ascontiguousarray(v.reshape(-1, nsub).T)
+
+
+def pack_2bit(L: np.ndarray) -> np.ndarray:
+    """(nb, 256) values 0..3 -> (nb, 64) bytes: qs[32h + l] = L[128h+l] | L[128h+l+32]<<2 | ..+64<<4 | ..+96<<6."""
+    out = np.empty((L.shape[0], 64), dtype=np.uint8)
+    for h in range(2):
+        b = 128 * h
+        v = L[:, b:b + 32] | (L[:, b + 32:b + 64] << 2) | (L[:, b + 64:b + 96] << 4) | (L[:, b + 96:b + 128] << 6)
+        out[:, 32 * h: 32 * h + 32] = v & 0xFF
+    return out

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .common import F32, GROUP_MAX_EPS, f32, nearest_int, running_absmax, seqsum
+from .common import F32, GROUP_MAX_EPS, f32, nearest_int, round_clip_f, running_absmax, seqsum
+
+
+_IN_RANGE = F32(4.0e6)      # below nearest_int's exact range (|v| <= 4194303), with margin for rounding
 
 
 def make_qkx(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelta: float, nstep: int,
@@ -28,27 +31,43 @@ def make_qkx(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelta: float
         mx = np.where(xi > mx, xi, mx)
         sum_w += w[i]
         sum_x += w[i] * xi
+    xmin = mn
     mn = np.where(mn > 0, F32(0), mn)
     live = mx != mn                     # max == min: L = 0, scale 0, the_min = -min
 
     def err(scale, lf, mn_):
-        d = (scale * lf + mn_) - x
-        d = np.abs(d) if use_mad else d * d
-        return seqsum(w * d)
+        d = scale * lf
+        d += mn_
+        d -= x
+        if use_mad:
+            np.abs(d, out=d)
+        else:
+            d *= d
+        d *= w
+        return seqsum(d)
 
+    def levels(iscale, xm):
+        # clamp(nearest_int(iscale*(x - min)), 0, nmax) as float; fast form when every lane is in range
+        span = np.maximum(np.abs(mx - mn), np.abs(xmin - mn))
+        if bool(((np.abs(iscale) * span < _IN_RANGE) | ~live).all()):     # dead lanes are masked later
+            return round_clip_f(xm * iscale, 0, nmax)
+        return np.clip(nearest_int(xm * iscale), 0, nmax).astype(F32)
+
+    xm = x - mn
     iscale = F32(nmax) / (mx - mn)
     scale = F32(1) / iscale
-    L = np.clip(nearest_int(iscale * (x - mn)), 0, nmax)
-    best = err(scale, L.astype(F32), mn)
+    L = levels(iscale, xm)
+    best = err(scale, L, mn)
     fmax, frmin, frdelta = F32(nmax), f32(rmin), f32(rdelta)
     for step in range(nstep + 1):
         iscale = ((frmin + frdelta * F32(step)) + fmax) / (mx - mn)
-        la = np.clip(nearest_int(iscale * (x - mn)), 0, nmax)
-        lf = la.astype(F32)
+        lf = levels(iscale, xm)
         wl = w * lf
         sum_l = seqsum(wl)
-        sum_l2 = seqsum(wl * lf)
-        sum_xl = seqsum(wl * x)
+        sum_xl = wl * x
+        wl *= lf
+        sum_l2 = seqsum(wl)
+        sum_xl = seqsum(sum_xl)
         D = sum_w * sum_l2 - sum_l * sum_l
         this_scale = (sum_w * sum_xl - sum_x * sum_l) / D
         this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D
@@ -58,13 +77,66 @@ def make_qkx(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelta: float
         cur = err(this_scale, lf, this_min)
         upd = live & (D > 0) & (cur < best)
         if upd.any():
-            L = np.where(upd, la, L)
+            L = np.where(upd, lf, L)
             best = np.where(upd, cur, best)
             scale = np.where(upd, this_scale, scale)
             mn = np.where(upd, this_min, mn)
-    L = np.where(live, L, 0)
+            xm = x - mn
+    L = np.where(live, L, F32(0)).astype(np.int32)
     scale = np.where(live, scale, F32(0))
     return scale, -mn, L
+
+
+def _gauss_seidel(x, w, wx, L, sumlx, suml2, live, lo: int, hi: int, qp: bool):
+    """The in-place refinement sweeps of make_qp_quants (qp=True: needs slx > 0 and sl2 > 0, clamps with
+    MIN(nmax, .), stores into uint8) and make_q3_quants (qp=False: needs slx > 0, clamps to [lo, hi],
+    accepts only if the new sl2 > 0). Up to 5 sweeps over i = 0..n-1, each lane on its own.
+    L is float32 (n, B) holding the integer levels; it and the sums are updated in place.
+
+    A lane that changed nothing during a sweep is at a fixed point (the next sweep would repeat the
+    same computations), which is C's early exit; such lanes are dropped from later sweeps."""
+    n = x.shape[0]
+    act = np.flatnonzero(live)
+    if act.size == live.size:
+        X, W, WX = x, w, wx
+    else:
+        X, W, WX = x[:, act], w[:, act], wx[:, act]
+    Lc, sx, s2 = L[:, act], sumlx[act], suml2[act]
+    for sweep in range(5):
+        changed = np.zeros(act.size, dtype=bool)
+        for i in range(n):
+            Li = Lc[i]
+            slx = sx - WX[i] * Li
+            sl2 = s2 - (W[i] * Li) * Li
+            q = nearest_int((X[i] * sl2) / slx)
+            q = np.minimum(q, hi) if qp else np.minimum(np.maximum(q, lo), hi)
+            nf = q.astype(F32)
+            cand = (slx > 0) & (nf != Li)
+            if qp:
+                cand &= sl2 > 0
+            if not cand.any():
+                continue
+            slx += WX[i] * nf
+            sl2 += (W[i] * nf) * nf
+            acc = cand & ((slx * slx) * s2 > (sx * sx) * sl2)
+            if not qp:
+                acc &= sl2 > 0
+            if acc.any():
+                changed |= acc
+                if qp:
+                    nf = (q & 0xFF).astype(F32)
+                Lc[i] = np.where(acc, nf, Li)
+                sx = np.where(acc, slx, sx)
+                s2 = np.where(acc, sl2, s2)
+        L[:, act] = Lc
+        sumlx[act] = sx
+        suml2[act] = s2
+        if sweep == 4 or not changed.any():
+            break
+        if changed.mean() < 0.75:
+            act, Lc, sx, s2 = act[changed], Lc[:, changed], sx[changed], s2[changed]
+            X, W, WX = X[:, changed], W[:, changed], WX[:, changed]
+    return L, sumlx, suml2
 
 
 def make_qp_quants(x: np.ndarray, nmax: int, qw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -95,29 +167,9 @@ def make_qp_quants(x: np.ndarray, nmax: int, qw: np.ndarray) -> tuple[np.ndarray
     wx = qw * x
     sumlx = seqsum(wx * lf)
     suml2 = seqsum((qw * lf) * lf)
-    L = li & 0xFF
-    for _ in range(5):
-        changed = False
-        for i in range(n):
-            Li = L[i]
-            Lf = Li.astype(F32)
-            slx = sumlx - wx[i] * Lf
-            sl2 = suml2 - (qw[i] * Lf) * Lf
-            new_l = np.minimum(nmax, nearest_int((x[i] * sl2) / slx))
-            cand = live & (slx > 0) & (sl2 > 0) & (new_l != Li)
-            if not cand.any():
-                continue
-            nf = new_l.astype(F32)
-            slx = slx + wx[i] * nf
-            sl2 = sl2 + (qw[i] * nf) * nf
-            acc = cand & ((slx * slx) * suml2 > (sumlx * sumlx) * sl2)
-            if acc.any():
-                changed = True
-                L[i] = np.where(acc, new_l & 0xFF, Li)
-                sumlx = np.where(acc, slx, sumlx)
-                suml2 = np.where(acc, sl2, suml2)
-        if not changed:
-            break
+    L = (li & 0xFF).astype(F32)
+    L, sumlx, suml2 = _gauss_seidel(x, qw, wx, L, sumlx, suml2, live, 0, nmax, qp=True)
+    L = L.astype(np.int32)
     scale = np.where(suml2 > 0, sumlx / suml2, F32(0))
     return np.where(live, scale, F32(0)), np.where(live, L, 0)
 
@@ -130,58 +182,45 @@ def make_qx_quants(x: np.ndarray, nmax: int, qw: np.ndarray | None) -> tuple[np.
     w = x * x if qw is None else qw
     wx = w * x
 
+    # |iscale*x| <= nmax + 1 wherever max is finite and |max| >= 1e-15, so the fast rounding is exact there
+    # (dead lanes are masked at the end); any inf/NaN lane makes every trial take the literal form.
+    fast = bool(np.isfinite(amax).all())
+
     def trial(iscale):
-        l = np.clip(nearest_int(iscale * x), -nmax, nmax - 1)
-        lf = l.astype(F32)
-        return l, seqsum(wx * lf), seqsum((w * lf) * lf)
+        if fast:
+            lf = round_clip_f(x * iscale, -nmax, nmax - 1)
+        else:
+            lf = np.clip(nearest_int(x * iscale), -nmax, nmax - 1).astype(F32)
+        t = wx * lf
+        sumlx = seqsum(t)
+        np.multiply(w, lf, out=t)
+        t *= lf
+        return lf, sumlx, seqsum(t)
 
     fmax = F32(nmax)
     l, sumlx, suml2 = trial(-fmax / mx)
-    L = l + nmax
+    L = l + fmax
     scale = np.where(suml2 != 0, sumlx / suml2, F32(0))
     best = scale * sumlx
     for s in (-9, -8, -7, -6, -5, -4, -3, -2, -1, 1, 2, 3, 4, 5, 6, 7, 8, 9):
         l, sumlx, suml2 = trial(-(fmax + f32(0.1) * F32(s)) / mx)
         upd = (suml2 > 0) & (sumlx * sumlx > best * suml2)
-        L = np.where(upd, l + nmax, L)
+        L = np.where(upd, l + fmax, L)
         scale = np.where(upd, sumlx / suml2, scale)
         best = np.where(upd, scale * sumlx, best)
-    return np.where(live, scale, F32(0)), np.where(live, L, 0)
+    return np.where(live, scale, F32(0)), np.where(live, L, F32(0)).astype(np.int32)
 
 
 def make_q3_quants(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
     """make_q3_quants with do_rmse = true. Returns (scale (B,), L (n, B) int32 = l + nmax; 0 if all zero)."""
-    n = x.shape[0]
     amax, mx = running_absmax(x)
     live = ~(amax < GROUP_MAX_EPS)
     iscale = -F32(nmax) / mx
-    L = np.clip(nearest_int(iscale * x), -nmax, nmax - 1)
+    L = np.clip(nearest_int(iscale * x), -nmax, nmax - 1).astype(F32)
     w = x * x
     wx = w * x
-    lf = L.astype(F32)
-    sumlx = seqsum(wx * lf)
-    suml2 = seqsum((w * lf) * lf)
-    for _ in range(5):
-        changed = False
-        for i in range(n):
-            Li = L[i]
-            Lf = Li.astype(F32)
-            slx = sumlx - wx[i] * Lf
-            sl2 = suml2 - (w[i] * Lf) * Lf
-            new_l = np.clip(nearest_int((x[i] * sl2) / slx), -nmax, nmax - 1)
-            cand = live & (slx > 0) & (new_l != Li)
-            if not cand.any():
-                continue
-            nf = new_l.astype(F32)
-            slx = slx + wx[i] * nf
-            sl2 = sl2 + (w[i] * nf) * nf
-            acc = cand & (sl2 > 0) & ((slx * slx) * suml2 > (sumlx * sumlx) * sl2)
-            if acc.any():
-                changed = True
-                L[i] = np.where(acc, new_l, Li)
-                sumlx = np.where(acc, slx, sumlx)
-                suml2 = np.where(acc, sl2, suml2)
-        if not changed:
-            break
+    sumlx = seqsum(wx * L)
+    suml2 = seqsum((w * L) * L)
+    L, sumlx, suml2 = _gauss_seidel(x, w, wx, L, sumlx, suml2, live, -nmax, nmax - 1, qp=False)
     scale = np.where(suml2 > 0, sumlx / suml2, F32(0))
-    return np.where(live, scale, F32(0)), np.where(live, L + nmax, 0)
+    return np.where(live, scale, F32(0)), np.where(live, L.astype(np.int32) + nmax, 0)

@@ -1,0 +1,302 @@
+"""Sweeps: `python -m mtpmanifest -m quant=q8_0,q6_k,q4_k_m` (or `+sweep=k_quants`) runs one job per
+preset, then writes summary.md, summary.csv and summary.png into the sweep directory.
+
+Part of the CLI layer (it imports hydra; the engine never does). Results travel through files, so
+every launcher works: each job, in whatever process or node runs it, writes `<job dir>/result.json`
+(on_job_end), and the driver reads them all back (on_multirun_end). A failed job is a record with
+its error, never an exception, so it neither stops the sweep nor hides the other jobs.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from . import pipeline
+from .errors import MtpManifestError, VerificationError
+from .manifest import write_json_atomic
+from .report import size
+
+log = logging.getLogger("mtpmanifest")
+
+RESULT = "result.json"
+SUMMARY_FILES = ("summary.md", "summary.csv", "summary.png")
+INTERNAL_ERROR = 70
+
+_last_sweep: dict[str, Any] = {}  # the driver's view of the sweep it ran: {"exit_code": int | None}
+
+
+def is_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _overridden(overrides: list[str], key: str) -> bool:
+    return any(o.lstrip("+~").split("=", 1)[0] == key for o in overrides)
+
+
+class _Tagged(logging.Formatter):
+    """Another formatter's lines, each prefixed with a tag."""
+
+    def __init__(self, inner: logging.Formatter | None, tag: str):
+        super().__init__()
+        self.inner, self.tag = inner or logging.Formatter(), tag
+
+    def format(self, record: logging.LogRecord) -> str:
+        return "\n".join(f"{self.tag} {line}" for line in self.inner.format(record).splitlines())
+
+
+@contextmanager
+def _tagged_log_lines(tag: str):
+    """Prefix the job's console lines with its number: parallel jobs interleave."""
+    handlers = [(h, h.formatter) for h in logging.getLogger().handlers]
+    for handler, formatter in handlers:
+        handler.setFormatter(_Tagged(formatter, tag))
+    try:
+        yield
+    finally:
+        for handler, formatter in handlers:
+            handler.setFormatter(formatter)
+
+
+def run_job(cfg: DictConfig) -> dict[str, Any]:
+    """One sweep job: run the pipeline into the job's own directory and return its result record.
+    Errors become records (one line on stderr) unless debug=true."""
+    hydra_cfg = HydraConfig.get()
+    overrides = list(hydra_cfg.overrides.task)
+    app = None
+    try:
+        app = OmegaConf.to_object(cfg)
+        if not _overridden(overrides, "output.dir"):
+            app.output.dir = hydra_cfg.runtime.output_dir
+        with _tagged_log_lines(f"#{hydra_cfg.job.num}"):
+            return pipeline.run(app, progress=False)  # bars from parallel jobs would drown the console
+    except Exception as exc:
+        if cfg.get("debug", False):
+            raise
+        record = pipeline.failure_record(app, exc) if app is not None else error_record(cfg, exc)
+        # the single-run wording: "error: <message>", or "internal error: <type>: <message> (rerun ...)"
+        text = f"error: {record['error']}" if isinstance(exc, MtpManifestError) else f"{record['error']} (rerun with debug=true)"
+        print(f"mtpmanifest: job {hydra_cfg.job.num} ({' '.join(overrides)}): {text}", file=sys.stderr)
+        return record
+
+
+def error_record(config: DictConfig, exc: BaseException) -> dict[str, Any]:
+    """The record of a job that raised instead of returning one (debug=true, or a bug in run_job)."""
+    try:
+        preset = OmegaConf.select(config, "quant.name", default=None)
+    except Exception:  # an interpolation that cannot resolve; the error says more
+        preset = None
+    return {"status": "failed", "exit_code": getattr(exc, "exit_code", INTERNAL_ERROR),
+            "error": pipeline.error_text(exc), "preset": preset, "file_size": None, "bits_per_weight": None,
+            "numeric_stats": {}, "mtp_acceptance": None}
+
+
+def exit_code(records: list[dict[str, Any]]) -> int:
+    """A sweep's exit code: 0 if every job succeeded, 4 if any job failed verification (a file
+    was written but is wrong: the result CI most needs to see), else the first failed job's code."""
+    failed = [r for r in records if r.get("status") != "ok"]
+    if not failed:
+        return 0
+    codes = [r.get("exit_code") or INTERNAL_ERROR for r in failed]
+    return VerificationError.exit_code if VerificationError.exit_code in codes else codes[0]
+
+
+def exit_code_of_last_sweep() -> int:
+    """For the entry point, after hydra returns: 0 when no sweep ran."""
+    if not _last_sweep:
+        return 0
+    if _last_sweep.get("exit_code") is None:  # Hydra turned on_multirun_end's exception into a warning
+        print("mtpmanifest: internal error: the sweep summary was not written (see the warning above)", file=sys.stderr)
+        return INTERNAL_ERROR
+    return _last_sweep["exit_code"]
+
+
+def collect(sweep_dir: Path) -> list[dict[str, Any]]:
+    """Every job's result.json, in job order; a numbered job dir without one is a failed job."""
+    records = []
+    for job_dir in sorted(p for p in Path(sweep_dir).iterdir() if p.is_dir() and not p.name.startswith(".")):
+        path = job_dir / RESULT
+        if path.is_file():
+            try:
+                records.append(json.loads(path.read_text()))
+                continue
+            except ValueError as exc:
+                error = f"{path}: unreadable: {exc}"
+        elif job_dir.name.isdigit():
+            error = f"{path}: missing (the job did not finish)"
+        else:
+            continue
+        records.append({"job": {"num": int(job_dir.name) if job_dir.name.isdigit() else None, "dir": str(job_dir)},
+                        "status": "failed", "exit_code": INTERNAL_ERROR, "error": error, "preset": None})
+    nums = [(r.get("job") or {}).get("num") for r in records]  # dir names sort "10" before "2"
+    return [r for _, r in sorted(zip(nums, records), key=lambda p: (p[0] is None, p[0] or 0))]
+
+
+def _stat(record: dict[str, Any], role: str) -> float | None:
+    return ((record.get("numeric_stats") or {}).get(role) or {}).get("max_rel_rmse")
+
+
+def _bpw(record: dict[str, Any], role: str) -> float | None:
+    return (record.get("bits_per_weight") or {}).get(role)
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
+
+
+HEADER = ("job", "preset", "status", "size", "bpw trunk", "bpw MTP", "max rel RMSE trunk", "max rel RMSE MTP",
+          "MTP acceptance", "error")
+
+
+def table_rows(records: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+    rows = []
+    for r in records:
+        num = (r.get("job") or {}).get("num")
+        acceptance = r.get("mtp_acceptance")
+        rows.append((
+            "?" if num is None else str(num), r.get("preset") or "?", r.get("status", "?"),
+            "—" if r.get("file_size") is None else size(r["file_size"]),
+            _fmt(_bpw(r, "trunk"), ".2f"), _fmt(_bpw(r, "mtp"), ".2f"),
+            _fmt(_stat(r, "trunk"), ".2e"), _fmt(_stat(r, "mtp"), ".2e"),
+            _fmt(acceptance, ".3f") if isinstance(acceptance, (int, float, type(None))) else str(acceptance),
+            (r.get("error") or "").replace("|", "\\|"),
+        ))
+    return rows
+
+
+def markdown_table(records: list[dict[str, Any]]) -> str:
+    """An aligned Markdown table (numbers right-aligned), readable as plain text too."""
+    rows = table_rows(records)
+    widths = [max(len(str(c)) for c in col) for col in zip(HEADER, *rows)]
+    right = {3, 4, 5, 6, 7, 8}
+
+    def line(cells):
+        return "| " + " | ".join(c.rjust(w) if i in right else c.ljust(w)
+                                 for i, (c, w) in enumerate(zip(cells, widths))) + " |"
+    rule = "|" + "|".join(("-" * (w + 1) + ":") if i in right else ("-" * (w + 2)) for i, w in enumerate(widths)) + "|"
+    return "\n".join([line(HEADER), rule, *(line(r) for r in rows)])
+
+
+CSV_FIELDS = ("job", "preset", "status", "exit_code", "file_size", "bpw_trunk", "bpw_mtp", "max_rel_rmse_trunk",
+              "mean_rel_rmse_trunk", "max_rel_rmse_mtp", "mean_rel_rmse_mtp", "max_rel_rmse_shared", "mtp_acceptance",
+              "error", "overrides", "job_dir")
+
+
+def write_csv(path: Path, records: list[dict[str, Any]]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, CSV_FIELDS)
+        writer.writeheader()
+        for r in records:
+            job = r.get("job") or {}
+            stats = r.get("numeric_stats") or {}
+            writer.writerow({
+                "job": job.get("num"), "preset": r.get("preset"), "status": r.get("status"),
+                "exit_code": r.get("exit_code"), "file_size": r.get("file_size"),
+                "bpw_trunk": _bpw(r, "trunk"), "bpw_mtp": _bpw(r, "mtp"),
+                "max_rel_rmse_trunk": _stat(r, "trunk"), "mean_rel_rmse_trunk": (stats.get("trunk") or {}).get("mean_rel_rmse"),
+                "max_rel_rmse_mtp": _stat(r, "mtp"), "mean_rel_rmse_mtp": (stats.get("mtp") or {}).get("mean_rel_rmse"),
+                "max_rel_rmse_shared": _stat(r, "shared"), "mtp_acceptance": r.get("mtp_acceptance"),
+                "error": r.get("error"), "overrides": " ".join(job.get("overrides") or []), "job_dir": job.get("dir"),
+            })
+
+
+def write_plot(path: Path, records: list[dict[str, Any]]) -> bool:
+    """File size against max MTP rel RMSE (and against MTP acceptance once measured), one point
+    per successful job, labelled by preset. False, with one warning, without matplotlib."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        log.warning("summary.png skipped: matplotlib is not installed (pip install 'mtpmanifest[sweep]')")
+        return False
+    ok = [r for r in records if r.get("status") == "ok" and r.get("file_size") is not None]
+    panels = [("max MTP rel RMSE", lambda r: _stat(r, "mtp"))]
+    if any(isinstance(r.get("mtp_acceptance"), (int, float)) for r in ok):
+        panels.append(("MTP acceptance", lambda r: r.get("mtp_acceptance")))
+    fig = Figure(figsize=(6.4 * len(panels), 4.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    for i, (label, value) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        points = [(r["file_size"] / 2**20, value(r), r.get("preset") or "?") for r in ok
+                  if isinstance(value(r), (int, float))]
+        for x, y, name in points:
+            ax.scatter([x], [y], color="tab:blue")
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 5))
+        if points and all(y > 0 for _, y, _ in points) and label.endswith("RMSE"):
+            ax.set_yscale("log")
+        if not points:
+            ax.text(0.5, 0.5, "no successful job", ha="center", va="center", transform=ax.transAxes)
+        ax.margins(x=0.15, y=0.12)
+        ax.set_xlabel("file size (MiB)")
+        ax.set_ylabel(label)
+        ax.grid(True, alpha=0.3)
+    failed = len(records) - len(ok)
+    fig.suptitle(f"mtpmanifest sweep: {len(ok)} job(s)" + (f", {failed} failed (see summary.md)" if failed else ""))
+    fig.savefig(path, dpi=100)
+    return True
+
+
+def write_summary(sweep_dir: Path, records: list[dict[str, Any]]) -> str:
+    """summary.csv, summary.png and summary.md in sweep_dir; returns the Markdown table."""
+    sweep_dir = Path(sweep_dir)
+    table = markdown_table(records)
+    write_csv(sweep_dir / "summary.csv", records)
+    plotted = write_plot(sweep_dir / "summary.png", records)
+    failed = sum(r.get("status") != "ok" for r in records)
+    lines = ["# mtpmanifest sweep", "", f"{len(records)} job(s), {failed} failed, exit code {exit_code(records)}"
+             f" — `{sweep_dir}`", "", table, ""]
+    if plotted:
+        lines += ["![file size against max MTP rel RMSE](summary.png)", ""]
+    (sweep_dir / "summary.md").write_text("\n".join(lines))
+    return table
+
+
+class SweepSummary(Callback):
+    """Registered in conf/config.yaml under hydra.callbacks. Does nothing in single runs."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _last_sweep.clear()
+        _last_sweep["exit_code"] = None
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if sweep_dir.is_dir():  # a rerun into the same directory: earlier results must not count
+            for stale in [*sweep_dir.glob(f"[0-9]*/{RESULT}"), *(sweep_dir / n for n in SUMMARY_FILES)]:
+                if stale.parent == sweep_dir or stale.parent.name.isdigit():
+                    stale.unlink(missing_ok=True)
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        """Runs where the job ran (a joblib worker, a submitit process, a Slurm node)."""
+        if OmegaConf.select(config, "hydra.mode") != RunMode.MULTIRUN:
+            return
+        try:
+            record = job_return.return_value  # re-raises the job's exception
+            if not isinstance(record, dict):
+                raise TypeError(f"the task returned {type(record).__name__}, not a result record")
+        except Exception as exc:
+            record = error_record(config, exc)
+        job_dir = Path(config.hydra.runtime.output_dir)
+        job = {"num": config.hydra.job.num, "dir": str(job_dir), "overrides": list(config.hydra.overrides.task)}
+        write_json_atomic(job_dir / RESULT, {"job": job, **record})
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        records = collect(sweep_dir)
+        table = write_summary(sweep_dir, records)
+        _last_sweep["exit_code"] = exit_code(records)
+        log.info("sweep summary (%s/summary.md):\n%s", sweep_dir, table)
+        failed = [r for r in records if r.get("status") != "ok"]
+        if failed:
+            first = failed[0]
+            print(f"mtpmanifest: error: sweep: {len(failed)} of {len(records)} job(s) failed (first: job "
+                  f"{(first.get('job') or {}).get('num')}, {first.get('preset')}: {first.get('error')}); "
+                  f"see {sweep_dir / 'summary.md'}", file=sys.stderr)

@@ -44,9 +44,7 @@ def _overridden(overrides: list[str], key: str) -> bool:
     return any(o.lstrip("+~").split("=", 1)[0] == key for o in overrides)
 
 
-class _Tagged(logging.Formatter):
-    """Another formatter's lines, each prefixed with a tag."""
-
+class _Tagged(logging.Formatter):  # another formatter's lines, each prefixed with a tag
     def __init__(self, inner: logging.Formatter | None, tag: str):
         super().__init__()
         self.inner, self.tag = inner or logging.Formatter(), tag
@@ -296,7 +294,6 @@ class SweepSummary(Callback):
         log.info("sweep summary (%s/summary.md):\n%s", sweep_dir, table)
         failed = [r for r in records if r.get("status") != "ok"]
         if failed:
-            first = failed[0]
-            print(f"mtpmanifest: error: sweep: {len(failed)} of {len(records)} job(s) failed (first: job "
-                  f"{(first.get('job') or {}).get('num')}, {first.get('preset')}: {first.get('error')}); "
-                  f"see {sweep_dir / 'summary.md'}", file=sys.stderr)
+            job, first = (failed[0].get("job") or {}).get("num"), failed[0]
+            print(f"mtpmanifest: error: sweep: {len(failed)} of {len(records)} job(s) failed (first: job {job}, "
+                  f"{first.get('preset')}: {first.get('error')}); see {sweep_dir / 'summary.md'}", file=sys.stderr)

@@ -28,7 +28,7 @@ def quantize_blocks(x: np.ndarray, qw: np.ndarray | None = None) -> np.ndarray:
         dmin_bits = np.where(pm, fp16_bits(max_min / F32(15)), zero16)
     else:
         sum_x2 = seqsum_rows(x * x)
-        sigma2 = (F32(2) * sum_x2) / F32(256)
+        sigma2 = sum_x2 / F32(256)
         W = to_lanes(qw, 16) * np.sqrt(np.repeat(sigma2, 16) + X * X)
         sw = per_block(seqsum(W), 16)
         scales, mins, L = make_qkx(X, W, 3, -0.9, 0.05, 36, False)

@@ -10,6 +10,7 @@ import gguf
 import numpy as np
 from tqdm import tqdm
 
+from . import kquants
 from .gguf_out import ChunkedTensor, write_gguf
 from .manifest import Manifest, TensorEntry
 from .ops import op_registry
@@ -20,11 +21,15 @@ CHUNK_ELEMENTS = 1 << 24  # 64 MiB of float32 per encoded chunk
 
 
 def encode(data: np.ndarray, qtype: gguf.GGMLQuantizationType) -> np.ndarray:
-    """float32 rows -> the bytes GGUF stores for `qtype` (rows are independent in every type)."""
+    """float32 rows -> the bytes GGUF stores for `qtype`, byte-identical to ggml's quantizers
+    (rows are independent in every type, so row chunks encode exactly like the whole tensor)."""
     if qtype == gguf.GGMLQuantizationType.F32:
         return np.ascontiguousarray(data, dtype=np.float32)
     if qtype == gguf.GGMLQuantizationType.F16:
         return np.ascontiguousarray(data, dtype=np.float16)
+    if qtype in kquants.SUPPORTED:  # Q8_0 and the K-quants, in parallel over rows
+        return kquants.quantize(data, qtype)
+    # BF16 and the 32-blocks fallback types (Q4_0, Q5_0, Q5_1): gguf-py matches ggml's _ref bytes
     return gguf.quants.quantize(np.ascontiguousarray(data, dtype=np.float32), qtype)
 
 

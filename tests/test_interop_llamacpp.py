@@ -61,8 +61,9 @@ def test_llamacpp_loads_mtp_and_matches_transformers(checkpoint, tmp_path):
     assert (result.logits.argmax(-1) == reference.argmax(-1)).all()
 
 
-def test_llamacpp_loads_q8_0_with_mtp(checkpoint, tmp_path):
-    result = probe(convert(checkpoint, "q8_0", tmp_path / "q8"), tokens_for(checkpoint), load_mtp=True, mtp=True)
+@pytest.mark.parametrize("quant", ["q8_0", "q4_k_m", "q2_k"])
+def test_llamacpp_loads_quantized_with_mtp(checkpoint, quant, tmp_path):
+    result = probe(convert(checkpoint, quant, tmp_path / quant), tokens_for(checkpoint), load_mtp=True, mtp=True)
     assert result.ok, result.error
     assert result.n_layer_nextn == 1
     assert [w for w in result.warnings if any(word in w for word in BAD_LOAD_WORDS)] == []

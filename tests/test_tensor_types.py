@@ -36,7 +36,8 @@ def planned_types(ckpt, preset, *overrides):
 
 
 @pytest.mark.parametrize("preset", K_PRESETS)
-def test_inherit_types_equal_llama_model_quantize(f32_gguf, preset, tmp_path):
+def test_inherit_types_and_bytes_equal_llama_model_quantize(f32_gguf, preset, tmp_path):
+    """Every tensor of the whole file: same type, same shape, same bytes as llama.cpp's quantizer."""
     ckpt, f32 = f32_gguf
     ours = planned_types(ckpt, preset, "quant.mtp=inherit")
     cfg = compose_cfg(f"quant={preset}")
@@ -44,7 +45,11 @@ def test_inherit_types_equal_llama_model_quantize(f32_gguf, preset, tmp_path):
     assert set(ours) == set(theirs)
     mismatched = {n: (ours[n].type, theirs[n][0]) for n in ours if ours[n].type != theirs[n][0]}
     assert mismatched == {}
-    assert {n: ours[n].n_bytes for n in ours} == {n: len(theirs[n][2]) for n in ours}
+    run_cli(f"model.path={ckpt}", f"output.dir={tmp_path / 'ours'}", f"quant={preset}", "quant.mtp=inherit",
+            "stage=convert", cwd=tmp_path, check_rc=0)
+    written = tensor_table(tmp_path / "ours" / f"model-{preset}.gguf")
+    different = sorted(n for n in theirs if written[n] != theirs[n])
+    assert different == []
 
 
 def test_protect_policy_guards_the_draft(f32_gguf):

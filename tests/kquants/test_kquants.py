@@ -182,6 +182,31 @@ def test_expert_tensor_one_imatrix_slice_per_expert(qtype):
         assert not np.array_equal(ours, kquants.quantize(x, qtype, im[0]))
 
 
+# Sub-blocks found by searching for inputs on which a near-equivalent of the C arithmetic gives other bytes
+# (float32 bit patterns; the rest of the super-block is zero):
+#  * Q2_K ref: the candidate scale constant ``rmin + rdelta*is + nmax`` computed in double and rounded once
+#    differs from C's float32 evaluation at is = 13, and here that candidate wins;
+#  * Q6_K: ``fp16(1/iscale)`` with iscale = -128/max_scale is not ``fp16(max_scale/-128)`` here.
+TRAPS = {
+    "q2k_step_constant": (12, [3210884936, 3209703703, 3186168435, 1052572182, 3189229171, 3174695524, 1052142349,
+                               1066897939, 3186691645, 3184606289, 3207789487, 3199541220, 3214489078, 1044305927,
+                               3207315407, 3206915924]),
+    "q6k_d_reciprocal": (8, [3184123700, 1042850306, 3177039898, 3214726422, 1051670530, 1057129979, 1063681647,
+                             1056948725, 1057576122, 1064271371, 1054651612, 3209743072, 1054236951, 1078409944,
+                             1055623836, 3214853487]),
+}
+
+
+@pytest.mark.parametrize("trap", list(TRAPS))
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
+def test_arithmetic_traps(qtype, trap):
+    pos, bits = TRAPS[trap]
+    x = np.zeros((1, 256), dtype=F32)
+    x[0, 16 * pos: 16 * pos + 16] = np.array(bits, dtype=np.uint32).view(F32)
+    check(x, qtype, None, trap)
+    check(x, qtype, np.ones(256, F32), trap + " imatrix")
+
+
 @pytest.mark.parametrize("shape", [(1, 256), (3, 512), (64, 768), (2, 1280)], ids=str)
 @pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
 def test_row_shapes(qtype, shape):

@@ -1,4 +1,5 @@
 """`pip install .` (not only editable) ships the configs, schemas and demo, and runs from anywhere."""
+import shutil
 import subprocess
 import sys
 import venv
@@ -12,8 +13,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
+    # build from a copy: setuptools leaves a build/ directory beside the sources it builds
+    source = tmp_path_factory.mktemp("src") / "mtpmanifest"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", "build", "*.egg-info", "__pycache__", "out", "multirun"))
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(ROOT)],
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(source)],
                    check=True, capture_output=True, text=True)
     return next(out.glob("mtpmanifest-*.whl"))
 
@@ -23,7 +27,8 @@ def test_wheel_contents(wheel):
     for required in ("mtpmanifest/conf/config.yaml", "mtpmanifest/conf/arch/deepseek_v3.yaml", "mtpmanifest/conf/quant/q8_0.yaml",
                      "mtpmanifest/schemas/manifest.schema.json", "mtpmanifest/schemas/tensor-manifest.schema.json",
                      "mtpmanifest/schemas/arch.schema.json", "mtpmanifest/demo/model.safetensors",
-                     "mtpmanifest/demo/tokenizer.json", "mtpmanifest/fixtures/tokenizer-2048.json"):
+                     "mtpmanifest/demo/tokenizer.json", "mtpmanifest/fixtures/tokenizer-2048.json",
+                     "mtpmanifest/kquants/api.py", "mtpmanifest/kquants/q4_k.py"):
         assert required in names
 
 

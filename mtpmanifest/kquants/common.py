@@ -21,11 +21,10 @@ def f32(v) -> np.float32:
 
 
 def round_clip_f(v: np.ndarray, lo: int, hi: int) -> np.ndarray:
-    """float32(clamp(nearest_int(v), lo, hi)), computed as ``(v + 12582912) - 12582912``: equal to the
-    literal form only where v is finite and |v| <= 4194303 -- callers check that per lane first.
-    v is overwritten (it must be a temporary)."""
-    v += _MAGIC
-    v -= _MAGIC
+    """float32(clamp(nearest_int(v), lo, hi)) via np.rint (round half to even, like the 12582912 trick):
+    equal to the literal form only where v is finite and |v| <= 4194303 -- callers check that per lane
+    first. v is overwritten (it must be a temporary)."""
+    np.rint(v, out=v)
     return np.clip(v, lo, hi, out=v)
 
 
@@ -67,10 +66,7 @@ def seqsum(a: np.ndarray) -> np.ndarray:
 
 def seqsum_rows(a: np.ndarray) -> np.ndarray:
     """The same sequential sum over the last axis of a (B, n) array (for per-super-block sums)."""
-    acc = np.zeros(a.shape[:-1], dtype=F32)
-    for i in range(a.shape[-1]):
-        acc += a[..., i]
-    return acc
+    return seqsum(np.ascontiguousarray(a.reshape(-1, a.shape[-1]).T)).reshape(a.shape[:-1])
 
 
 def running_max(a: np.ndarray) -> np.ndarray:

@@ -72,7 +72,7 @@ def solve(x: np.ndarray, qw: np.ndarray | None, nmax: int, ref_params: tuple[flo
     dm = (fp16_to_f32(dmin_bits)[:, None] * m.astype(F32)).reshape(-1)
     requant = np.clip(nearest_int((X + dm) / d), 0, nmax)
     L = np.where(d != 0, requant, L)
-    return from_lanes(L), packed, d_bits, dmin_bits
+    return from_lanes(L.astype(np.uint8)), packed, d_bits, dmin_bits
 
 
 __all__ = ["solve", "pack_scale_min_k4", "unpack_scale_min_k4"]

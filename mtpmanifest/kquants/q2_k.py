@@ -40,7 +40,7 @@ def quantize_blocks(x: np.ndarray, qw: np.ndarray | None = None) -> np.ndarray:
     d = (fp16_to_f32(d_bits)[:, None] * (sc & 0xF).astype(F32)).reshape(-1)
     dm = (fp16_to_f32(dmin_bits)[:, None] * (sc >> 4).astype(F32)).reshape(-1)
     requant = np.clip(nearest_int((X + dm) / d), 0, 3)
-    L = from_lanes(np.where(d != 0, requant, L)).astype(np.int64)
+    L = from_lanes(np.where(d != 0, requant, L).astype(np.uint8))       # 0..3
     out = np.empty((nb, TYPE_SIZE), dtype=np.uint8)
     out[:, 0:16] = sc
     out[:, 16:80] = pack_2bit(L)

@@ -61,12 +61,12 @@ def quantize_blocks(x: np.ndarray, qw: np.ndarray | None = None) -> np.ndarray:
     sc = unpack_scales(packed)
     d = (fp16_to_f32(d_bits)[:, None] * sc.astype(F32)).reshape(-1)
     requant = np.clip(nearest_int(X / d), -4, 3) + 4
-    L = from_lanes(np.where(d != 0, requant, L)).astype(np.int64)
-    high = L > 3
-    L = L - 4 * high
-    hmask = np.zeros((nb, 32), dtype=np.int64)
+    L = from_lanes(np.where(d != 0, requant, L).astype(np.uint8))       # 0..7
+    high = (L > 3).view(np.uint8)
+    L -= high << 2
+    hmask = np.zeros((nb, 32), dtype=np.uint8)
     for k in range(8):
-        hmask |= high[:, 32 * k: 32 * k + 32].astype(np.int64) << k
+        hmask |= high[:, 32 * k: 32 * k + 32] << k
     out = np.empty((nb, TYPE_SIZE), dtype=np.uint8)
     out[:, 0:32] = hmask
     out[:, 32:96] = pack_2bit(L)

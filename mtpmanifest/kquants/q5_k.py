@@ -17,11 +17,10 @@ def quantize_blocks(x: np.ndarray, qw: np.ndarray | None = None) -> np.ndarray:
     out[:, 0:2] = u16_bytes(d_bits)
     out[:, 2:4] = u16_bytes(dmin_bits)
     out[:, 4:16] = scales
-    qh = np.zeros((x.shape[0], 32), dtype=np.int64)
-    for c in range(4):
+    qh = np.zeros((x.shape[0], 32), dtype=np.uint8)
+    for c in range(4):                                   # L is 0..31: bit 4 -> qh, low nibble -> qs
         l1, l2 = L[:, 64 * c: 64 * c + 32], L[:, 64 * c + 32: 64 * c + 64]
-        h1, h2 = l1 > 15, l2 > 15
-        qh |= (h1.astype(np.int64) << (2 * c)) | (h2.astype(np.int64) << (2 * c + 1))
-        out[:, 48 + 32 * c: 80 + 32 * c] = ((l1 - 16 * h1) | ((l2 - 16 * h2) << 4)) & 0xFF
+        qh |= ((l1 >> 4) << (2 * c)) | ((l2 >> 4) << (2 * c + 1))
+        out[:, 48 + 32 * c: 80 + 32 * c] = (l1 & 0xF) | ((l2 & 0xF) << 4)
     out[:, 16:48] = qh
     return out

@@ -43,6 +43,6 @@ def quantize_blocks(x: np.ndarray, qw: np.ndarray | None = None) -> np.ndarray:
     d = (fp16_to_f32(d_bits) * ysc.astype(F32)).T.reshape(-1)   # per sub-block, (nb*16,)
     requant = np.clip(nearest_int(X / d), -32, 31) + 32
     L = np.where(d != 0, requant, L)
-    out = pack(from_lanes(L), np.ascontiguousarray(ysc.T), d_bits)
+    out = pack(from_lanes(L.astype(np.uint8)), np.ascontiguousarray(ysc.T), d_bits)
     out[zero] = 0
     return out

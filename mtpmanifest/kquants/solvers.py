@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .common import F32, GROUP_MAX_EPS, f32, nearest_int, round_clip_f, running_absmax, seqsum
+from .refine import gauss_seidel
 
 
 _IN_RANGE = F32(4.0e6)      # below nearest_int's exact range (|v| <= 4194303), with margin for rounding
@@ -46,22 +47,24 @@ def make_qkx(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelta: float
         d *= w
         return seqsum(d)
 
-    def levels(iscale, xm):
+    def levels(iscale, mn_, xm):
         # clamp(nearest_int(iscale*(x - min)), 0, nmax) as float; fast form when every lane is in range
-        span = np.maximum(np.abs(mx - mn), np.abs(xmin - mn))
+        span = np.maximum(np.abs(mx - mn_), np.abs(xmin - mn_))
         if bool(((np.abs(iscale) * span < _IN_RANGE) | ~live).all()):     # dead lanes are masked later
             return round_clip_f(xm * iscale, 0, nmax)
         return np.clip(nearest_int(xm * iscale), 0, nmax).astype(F32)
 
+    # L is a function of (iscale, min) at the step that produced it, so only those are tracked and L is
+    # rebuilt once at the end instead of being copied at every improvement.
     xm = x - mn
     iscale = F32(nmax) / (mx - mn)
     scale = F32(1) / iscale
-    L = levels(iscale, xm)
-    best = err(scale, L, mn)
+    best = err(scale, levels(iscale, mn, xm), mn)
+    l_iscale, l_mn = iscale, mn
     fmax, frmin, frdelta = F32(nmax), f32(rmin), f32(rdelta)
     for step in range(nstep + 1):
         iscale = ((frmin + frdelta * F32(step)) + fmax) / (mx - mn)
-        lf = levels(iscale, xm)
+        lf = levels(iscale, mn, xm)
         wl = w * lf
         sum_l = seqsum(wl)
         sum_xl = wl * x
@@ -77,66 +80,16 @@ def make_qkx(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelta: float
         cur = err(this_scale, lf, this_min)
         upd = live & (D > 0) & (cur < best)
         if upd.any():
-            L = np.where(upd, lf, L)
+            l_iscale = np.where(upd, iscale, l_iscale)
+            l_mn = np.where(upd, mn, l_mn)
             best = np.where(upd, cur, best)
             scale = np.where(upd, this_scale, scale)
             mn = np.where(upd, this_min, mn)
             xm = x - mn
+    L = levels(l_iscale, l_mn, x - l_mn)
     L = np.where(live, L, F32(0)).astype(np.int32)
     scale = np.where(live, scale, F32(0))
     return scale, -mn, L
-
-
-def _gauss_seidel(x, w, wx, L, sumlx, suml2, live, lo: int, hi: int, qp: bool):
-    """The in-place refinement sweeps of make_qp_quants (qp=True: needs slx > 0 and sl2 > 0, clamps with
-    MIN(nmax, .), stores into uint8) and make_q3_quants (qp=False: needs slx > 0, clamps to [lo, hi],
-    accepts only if the new sl2 > 0). Up to 5 sweeps over i = 0..n-1, each lane on its own.
-    L is float32 (n, B) holding the integer levels; it and the sums are updated in place.
-
-    A lane that changed nothing during a sweep is at a fixed point (the next sweep would repeat the
-    same computations), which is C's early exit; such lanes are dropped from later sweeps."""
-    n = x.shape[0]
-    act = np.flatnonzero(live)
-    if act.size == live.size:
-        X, W, WX = x, w, wx
-    else:
-        X, W, WX = x[:, act], w[:, act], wx[:, act]
-    Lc, sx, s2 = L[:, act], sumlx[act], suml2[act]
-    for sweep in range(5):
-        changed = np.zeros(act.size, dtype=bool)
-        for i in range(n):
-            Li = Lc[i]
-            slx = sx - WX[i] * Li
-            sl2 = s2 - (W[i] * Li) * Li
-            q = nearest_int((X[i] * sl2) / slx)
-            q = np.minimum(q, hi) if qp else np.minimum(np.maximum(q, lo), hi)
-            nf = q.astype(F32)
-            cand = (slx > 0) & (nf != Li)
-            if qp:
-                cand &= sl2 > 0
-            if not cand.any():
-                continue
-            slx += WX[i] * nf
-            sl2 += (W[i] * nf) * nf
-            acc = cand & ((slx * slx) * s2 > (sx * sx) * sl2)
-            if not qp:
-                acc &= sl2 > 0
-            if acc.any():
-                changed |= acc
-                if qp:
-                    nf = (q & 0xFF).astype(F32)
-                Lc[i] = np.where(acc, nf, Li)
-                sx = np.where(acc, slx, sx)
-                s2 = np.where(acc, sl2, s2)
-        L[:, act] = Lc
-        sumlx[act] = sx
-        suml2[act] = s2
-        if sweep == 4 or not changed.any():
-            break
-        if changed.mean() < 0.75:
-            act, Lc, sx, s2 = act[changed], Lc[:, changed], sx[changed], s2[changed]
-            X, W, WX = X[:, changed], W[:, changed], WX[:, changed]
-    return L, sumlx, suml2
 
 
 def make_qp_quants(x: np.ndarray, nmax: int, qw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -168,7 +121,7 @@ def make_qp_quants(x: np.ndarray, nmax: int, qw: np.ndarray) -> tuple[np.ndarray
     sumlx = seqsum(wx * lf)
     suml2 = seqsum((qw * lf) * lf)
     L = (li & 0xFF).astype(F32)
-    L, sumlx, suml2 = _gauss_seidel(x, qw, wx, L, sumlx, suml2, live, 0, nmax, qp=True)
+    L, sumlx, suml2 = gauss_seidel(x, qw, wx, L, sumlx, suml2, live, 0, nmax, qp=True)
     L = L.astype(np.int32)
     scale = np.where(suml2 > 0, sumlx / suml2, F32(0))
     return np.where(live, scale, F32(0)), np.where(live, L, 0)
@@ -184,30 +137,36 @@ def make_qx_quants(x: np.ndarray, nmax: int, qw: np.ndarray | None) -> tuple[np.
 
     # |iscale*x| <= nmax + 1 wherever max is finite and |max| >= 1e-15, so the fast rounding is exact there
     # (dead lanes are masked at the end); any inf/NaN lane makes every trial take the literal form.
-    fast = True
+    fast = bool(np.isfinite(amax).all())
 
-    def trial(iscale):
+    def trial(iscale, levels_only=False):
         if fast:
             lf = round_clip_f(x * iscale, -nmax, nmax - 1)
         else:
             lf = np.clip(nearest_int(x * iscale), -nmax, nmax - 1).astype(F32)
+        if levels_only:
+            return lf, None, None
         t = wx * lf
         sumlx = seqsum(t)
         np.multiply(w, lf, out=t)
         t *= lf
         return lf, sumlx, seqsum(t)
 
+    # C rebuilds L from iscale whenever a candidate wins; L is a function of the winning iscale, so only
+    # that is tracked and L is built once at the end.
     fmax = F32(nmax)
-    l, sumlx, suml2 = trial(-fmax / mx)
-    L = l + fmax
+    best_iscale = -fmax / mx
+    _, sumlx, suml2 = trial(best_iscale)
     scale = np.where(suml2 != 0, sumlx / suml2, F32(0))
     best = scale * sumlx
     for s in (-9, -8, -7, -6, -5, -4, -3, -2, -1, 1, 2, 3, 4, 5, 6, 7, 8, 9):
-        l, sumlx, suml2 = trial(-(fmax + f32(0.1) * F32(s)) / mx)
+        iscale = -(fmax + f32(0.1) * F32(s)) / mx
+        _, sumlx, suml2 = trial(iscale)
         upd = (suml2 > 0) & (sumlx * sumlx > best * suml2)
-        L = np.where(upd, l + fmax, L)
+        best_iscale = np.where(upd, iscale, best_iscale)
         scale = np.where(upd, sumlx / suml2, scale)
         best = np.where(upd, scale * sumlx, best)
+    L = trial(best_iscale, levels_only=True)[0] + fmax
     return np.where(live, scale, F32(0)), np.where(live, L, F32(0)).astype(np.int32)
 
 
@@ -221,6 +180,6 @@ def make_q3_quants(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
     wx = w * x
     sumlx = seqsum(wx * L)
     suml2 = seqsum((w * L) * L)
-    L, sumlx, suml2 = _gauss_seidel(x, w, wx, L, sumlx, suml2, live, -nmax, nmax - 1, qp=False)
+    L, sumlx, suml2 = gauss_seidel(x, w, wx, L, sumlx, suml2, live, -nmax, nmax - 1, qp=False)
     scale = np.where(suml2 > 0, sumlx / suml2, F32(0))
     return np.where(live, scale, F32(0)), np.where(live, L.astype(np.int32) + nmax, 0)

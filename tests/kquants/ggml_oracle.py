@@ -8,7 +8,6 @@ same imatrix pointer for every row), and a 3-D expert tensor is quantized expert
 from __future__ import annotations
 
 import ctypes
-import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 

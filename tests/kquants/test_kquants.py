@@ -115,6 +115,18 @@ def mixed_scale(rng) -> np.ndarray:
     return x.astype(F32)
 
 
+def non_finite(rng) -> np.ndarray:
+    """Not required of a quantizer, but C's behaviour is deterministic on x86-64 and ported literally."""
+    x = rng.standard_normal((6, 512)).astype(F32)
+    x[0, 5] = np.inf
+    x[1, 300] = -np.inf
+    x[2, 7] = np.nan
+    x[3] = np.inf
+    x[4, 100:116] = np.nan
+    x[5, ::3] = 3e38                                   # x*x overflows
+    return x
+
+
 CASES = {
     "normal": lambda rng: rng.standard_normal((3, 512)),
     "uniform": lambda rng: rng.uniform(-1, 1, (64, 256)),
@@ -131,6 +143,7 @@ CASES = {
     "tiny": lambda rng: rng.standard_normal((3, 512)) * 1e-30,
     "subnormal": subnormal,
     "mixed_scale": mixed_scale,
+    "non_finite": non_finite,
 }
 
 
@@ -214,6 +227,16 @@ def test_row_shapes(qtype, shape):
     x = (rng.standard_normal(shape) * rng.uniform(0.1, 10)).astype(F32)
     check(x, qtype, None, f"{shape} ref")
     check(x, qtype, default_imatrix(rng, shape[1]), f"{shape} imatrix")
+
+
+@pytest.mark.parametrize("use_imatrix", [False, True], ids=["ref", "imatrix"])
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
+def test_large_matrix(qtype, use_imatrix):
+    """A weight-sized matrix (16,384 super-blocks of mixed scales) through the default threaded path."""
+    rng = np.random.default_rng(2024)
+    x = (rng.standard_t(4, (512, 8192)) * np.exp(rng.standard_normal((512, 1)))).astype(F32)
+    im = default_imatrix(rng, 8192) if use_imatrix else None
+    assert_same_bytes(kquants.quantize(x, qtype, im), oracle.quantize(x, qtype, im, threads=2), qtype, "large", x)
 
 
 @pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)

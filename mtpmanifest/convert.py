@@ -74,10 +74,15 @@ class TensorSource:
     def chunks(self, entry: TensorEntry) -> Iterator[np.ndarray]:
         qtype = gguf.GGMLQuantizationType[entry.type]
         if self.ops[entry.op].many_inputs:
-            # one input per slice of the outermost axis (an expert): encode it as it is read
-            for source in entry.sources:
-                for rows in _row_chunks(self.ckpt.read(source)):
-                    yield encode(rows, qtype)
+            # one input per slice of the outermost axis (an expert): encode experts as they are read,
+            # a few together so each quantizer call has enough rows to keep every core busy
+            batch: list[np.ndarray] = []
+            for index, source in enumerate(entry.sources):
+                data = self.ckpt.read(source)
+                batch.append(data.reshape(-1, data.shape[-1]))
+                if sum(b.size for b in batch) >= CHUNK_ELEMENTS or index == len(entry.sources) - 1:
+                    yield encode(np.concatenate(batch) if len(batch) > 1 else batch[0], qtype)
+                    batch = []
             return
         if entry.op == "copy" and len(entry.shape) == 2:
             # stream the source in row slices: a vocabulary-sized tensor is never whole in memory

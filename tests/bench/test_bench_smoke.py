@@ -73,3 +73,16 @@ def test_convert_peak_memory_smoke(tmp_path):
         assert row[0] == "token_embd.weight" and "PASS" in row
     assert "overall: PASS" in proc.stdout
     assert not (work / "ckpt").exists() and not list(work.glob("out-*"))  # big files cleaned up
+
+
+def test_quantize_file_smoke(tmp_path):
+    proc = run_script("quantize_file.py", "--hidden", "256", "--layers", "2", "--experts", "4", "--vocab", "2048",
+                      "--target", "1000", "--dir", str(tmp_path / "qf"), cwd=tmp_path)
+    assert table_row(proc.stdout, "llama.cpp llama_model_quantize F32 -> q4_k_m")
+    assert table_row(proc.stdout, "mtpmanifest checkpoint -> q4_k_m (one pass)")
+    assert "whole-file ratio" in proc.stdout and "PASS" in proc.stdout
+
+
+def test_kquant_speed_smoke(tmp_path):
+    proc = run_script("kquant_speed.py", "--shapes", "64x512", "--types", "Q4_K,Q8_0", "--repeat", "1", cwd=tmp_path)
+    assert "Q4_K" in proc.stdout and "Q8_0" in proc.stdout

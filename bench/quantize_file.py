@@ -62,10 +62,10 @@ def timed_convert(ckpt: Path, out: Path, quant: str) -> tuple[float, dict[str, f
     spent: dict[str, float] = collections.defaultdict(float)
     encode = convert.encode
 
-    def timed_encode(data, qtype):
+    def timed_encode(data, qtype, importance=None):
         start = time.perf_counter()
         try:
-            return encode(data, qtype)
+            return encode(data, qtype, importance)
         finally:
             spent[f"quantize {qtype.name}"] += time.perf_counter() - start
 

@@ -34,6 +34,7 @@ class TensorEntry:
     scales: list[str]  # FP8 block scales consumed with them
     rule: str  # the source pattern that claimed them
     n_bytes: int
+    wants_imatrix: bool = False  # quantized with importance weights when an imatrix covers it
 
 
 @dataclass

@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING
 
-STAGES = ("inventory", "plan", "convert", "verify", "diff", "lint", "all")
+STAGES = ("inventory", "plan", "convert", "verify", "accept", "diff", "lint", "all")
 ROLES = ("auto", "trunk", "mtp", "shared", "dropped")
 
 
@@ -58,6 +58,34 @@ class VocabConfig:
 
 
 @dataclass
+class MtpHeadTensors:
+    """The head's GGUF tensors, as gguf MODEL_TENSOR names formatted with the MTP block; in each list
+    the first one the file (or source) has wins: llama.cpp falls back to the trunk's embedding, output
+    norm and output head when the MTP layer ships no copies of its own."""
+
+    embedding: List[str] = field(default_factory=lambda: ["NEXTN_EMBED_TOKENS", "TOKEN_EMBD"])
+    embedding_norm: List[str] = field(default_factory=lambda: ["NEXTN_ENORM"])
+    hidden_norm: List[str] = field(default_factory=lambda: ["NEXTN_HNORM"])
+    projection: List[str] = field(default_factory=lambda: ["NEXTN_EH_PROJ"])
+    final_norm: List[str] = field(default_factory=lambda: ["NEXTN_SHARED_HEAD_NORM", "OUTPUT_NORM"])
+    head: List[str] = field(default_factory=lambda: ["NEXTN_SHARED_HEAD_HEAD", "OUTPUT"])
+
+
+@dataclass
+class MtpHeadConfig:
+    """How an MTP layer runs (mtpmanifest.forward): x = projection(cat(concat order of
+    embedding_norm(E[t_{i+shift}]), hidden_norm(h_i))) -> the block's decoder layer at position i ->
+    final_norm -> head, which predicts t_{i+shift+1}."""
+
+    concat: List[str] = field(default_factory=lambda: ["embedding", "hidden"])  # MiMo: [hidden, embedding]
+    hidden: str = "post_norm"  # trunk hidden fed to the first MTP layer: post_norm (after output_norm) | pre_norm
+    token_shift: int = 1  # MTP layer k (0-based) at row i embeds token t_{i + token_shift + k}
+    chain: str = "block_output"  # layer k>0 takes layer k-1's decoder output (block_output) or its final_norm output
+    norm_offset: float = 0.0  # the head's RMSNorms scale by (norm_offset + w): 1.0 for zero-centred norms
+    tensors: MtpHeadTensors = field(default_factory=MtpHeadTensors)
+
+
+@dataclass
 class ArchConfig:
     name: str = MISSING
     gguf_arch: str = MISSING  # gguf MODEL_ARCH name, e.g. DEEPSEEK2
@@ -69,6 +97,7 @@ class ArchConfig:
     derived: Dict[str, str] = field(default_factory=dict)
     metadata: List[MetadataEntry] = field(default_factory=list)
     tensors: List[TensorRule] = field(default_factory=list)
+    mtp_head: Optional[MtpHeadConfig] = None  # None: the family's MTP head cannot be run (no acceptance)
 
 
 @dataclass
@@ -109,12 +138,26 @@ class VerifyConfig:
 
 
 @dataclass
+class AcceptConfig:
+    """MTP draft acceptance on held-out text (mtpmanifest.accept), part of verify."""
+
+    enabled: bool = True
+    text: Optional[str] = None  # a UTF-8 text file; None: the package's demo/heldout.txt when present
+    max_tokens: int = 1024  # tokens of the text measured (one sequence)
+    min_retention: float = 0.95  # output acceptance / source acceptance, per MTP layer; below it verify fails
+    min_source_acceptance: float = 0.05  # a source head below this agrees with nothing: retention not judged
+    llamacpp: Optional[bool] = None  # also run the GGUF's MTP head in llama.cpp; None: when llama-cpp-python is installed
+
+
+@dataclass
 class AppConfig:
     arch: ArchConfig = MISSING
     quant: QuantConfig = MISSING
     model: ModelConfig = field(default_factory=ModelConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
+    accept: AcceptConfig = field(default_factory=AcceptConfig)
+    mtp: str = "keep"  # keep | drop: drop writes a GGUF without its MTP layers (loud; verify then fails)
     stage: str = "all"
     other: Optional[str] = None  # stage=diff: the file or checkpoint to compare with; stage=lint: a user conf dir
     debug: bool = False

@@ -159,7 +159,14 @@ def assign_types(entries: list[TensorEntry], quant: QuantConfig, facts: ModelFac
         _set(entry, qtype, reason)
 
 
+# ggml's quantizers that use importance weights (Q8_0 ignores them)
+IMPORTANCE_WEIGHTED = frozenset(GGMLQuantizationType[n] for n in ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q4_0", "Q4_1", "Q5_0", "Q5_1"))
+# token lookups, not matrix products: no activations to weigh (llama-imatrix never has them)
+EMBEDDINGS = ("token_embd.weight", "nextn.embed_tokens.weight")
+
+
 def _set(entry: TensorEntry, qtype: GGMLQuantizationType, reason: str) -> None:
     entry.type = qtype.name
     entry.type_rule = reason
     entry.n_bytes = n_bytes(entry.shape, qtype)
+    entry.wants_imatrix = qtype in IMPORTANCE_WEIGHTED and not entry.name.endswith(EMBEDDINGS)

@@ -14,11 +14,15 @@ from concurrent.futures import ThreadPoolExecutor
 import gguf
 import numpy as np
 
-from . import q2_k, q3_k, q4_k, q5_k, q6_k, q8_0
+from . import q2_k, q3_k, q4_0, q4_1, q4_k, q5_0, q5_1, q5_k, q6_k, q8_0
 from .common import F32
 
 T = gguf.GGMLQuantizationType
-_MODULES = {T.Q8_0: q8_0, T.Q2_K: q2_k, T.Q3_K: q3_k, T.Q4_K: q4_k, T.Q5_K: q5_k, T.Q6_K: q6_k}
+# A module provides QK, TYPE_SIZE and quantize_blocks(blocks (nb, QK), imatrix blocks or None); one whose
+# imatrix path needs whole rows (the legacy types: sigma2 is taken over the row) also provides
+# quantize_rows(rows (r, n_per_row), imatrix rows or None), which is then used for every chunk.
+_MODULES = {T.Q4_0: q4_0, T.Q4_1: q4_1, T.Q5_0: q5_0, T.Q5_1: q5_1, T.Q8_0: q8_0,
+            T.Q2_K: q2_k, T.Q3_K: q3_k, T.Q4_K: q4_k, T.Q5_K: q5_k, T.Q6_K: q6_k}
 SUPPORTED: frozenset[T] = frozenset(_MODULES)
 
 # Elements per work item. Large enough that numpy's per-call overhead (thousands of calls per chunk in
@@ -65,15 +69,20 @@ def quantize(data: np.ndarray, qtype, imatrix: np.ndarray | None = None, *, thre
         if qtype == T.Q8_0:
             vecs = index = None
 
+    by_rows = getattr(mod, "quantize_rows", None)
+
     def work(span: tuple[int, int]) -> None:
         r0, r1 = span
-        xb = rows[r0:r1].reshape(-1, mod.QK)
         qw = None
         if vecs is not None:
             sel = vecs[index[r0:r1]] if index is not None else np.broadcast_to(vecs, (r1 - r0, n_per_row))
-            qw = np.ascontiguousarray(sel, dtype=F32).reshape(-1, mod.QK)
+            qw = np.ascontiguousarray(sel, dtype=F32)
         with np.errstate(all="ignore"):
-            out[r0:r1] = mod.quantize_blocks(xb, qw).reshape(r1 - r0, row_bytes)
+            if by_rows is not None:
+                res = by_rows(rows[r0:r1], qw)
+            else:
+                res = mod.quantize_blocks(rows[r0:r1].reshape(-1, mod.QK), None if qw is None else qw.reshape(-1, mod.QK))
+            out[r0:r1] = res.reshape(r1 - r0, row_bytes)
 
     step = max(1, CHUNK_ELEMS // n_per_row)
     spans = [(r, min(r + step, nrows)) for r in range(0, nrows, step)]

@@ -107,3 +107,17 @@ class Imatrix:
                 raise BadInputError(f"{path}: {name} has {values.size} sums for {n_mat} matrices")
             imatrix.entries[name] = ImatrixEntry(values.reshape(n_mat, -1).copy(), np.asarray(counts.data, dtype=np.float32).reshape(-1).copy())
         return imatrix
+
+
+def coverage(entries, imatrix: Imatrix | None, source: str | None) -> dict:
+    """Which tensors that want importance data (TensorEntry.wants_imatrix) the imatrix covers,
+    per tensor and per role (covered, wanted)."""
+    wanted = [e for e in entries if e.wants_imatrix]
+    covered = {e.name: imatrix is not None and e.name in imatrix.entries for e in wanted}
+    totals = {role: [sum(covered[e.name] for e in wanted if e.role == role), sum(e.role == role for e in wanted)]
+              for role in ("trunk", "mtp", "shared")}
+    return {"file": source, "tensors": covered, "totals": totals}
+
+
+def uncovered(cov: dict) -> list[str]:
+    return [name for name, ok in cov["tensors"].items() if not ok]

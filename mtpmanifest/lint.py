@@ -13,10 +13,12 @@ from . import expr
 from .errors import ConfigError
 from .manifest import schema_errors
 from .metadata import key_template
+from .mtp_recipe import lint_recipe
 from .ops import op_registry
 from .rules import tensor_kind
 
-SCHEMAS = {"arch": "arch.schema.json", "quant": "quant.schema.json"}
+NAMED_GROUPS = ("arch", "quant")  # files whose `name:` must equal the file name
+SCHEMAS = {"arch": "arch.schema.json", "quant": "quant.schema.json", "calib": "calib.schema.json"}
 
 
 def shipped_conf_dir() -> Path:
@@ -71,6 +73,7 @@ def _arch_semantics(data: dict[str, Any], where: str) -> list[str]:
         errors += _check_expressions([entry.get("value"), entry.get("when")], at)
     errors += _check_expressions((data.get("derived") or {}).values(), f"{where}: derived")
     errors += _check_expressions((data.get("layers") or {}).values(), f"{where}: layers")
+    errors += lint_recipe(data.get("mtp_head"), where)
     return errors
 
 
@@ -98,7 +101,7 @@ def lint_file(path: Path, group: str) -> list[str]:
     if _contains_target(data):
         return [f"{where}: `_target_` is not allowed: YAML here is data, never code"]
     errors = [f"{where}: {e}" for e in schema_errors(SCHEMAS[group], data)]
-    if isinstance(data, dict):
+    if isinstance(data, dict) and group in NAMED_GROUPS:
         if data.get("name") != path.stem:
             errors.append(f"{where}: name '{data.get('name')}' must equal the file name '{path.stem}'")
         if not errors or group == "quant":

@@ -60,6 +60,7 @@ class Manifest:
     tensors: list[TensorEntry]
     dropped: list[dict[str, str]] = field(default_factory=list)
     optional_absent: list[str] = field(default_factory=list)
+    imatrix: dict[str, Any] | None = None  # the importance matrix used and what it covers
     format: str = FORMAT
 
     def to_json(self) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from typing import Any
 from . import report
 from .convert import convert
 from .errors import ConfigError, MtpManifestError, VerificationError
+from .imatrix import Imatrix, coverage, uncovered
 from .inventory import diff, inventory_of
 from .lint import lint_conf
 from .manifest import Manifest, write_json_atomic
@@ -84,17 +85,32 @@ def run_verify(cfg: AppConfig, paths: dict[str, Path], *, progress: bool = True)
     return stage_verify(cfg, Manifest.read(paths["manifest"]), Checkpoint.open(model_path(cfg)), paths, progress=progress)
 
 
+def importance_matrix(cfg: AppConfig, manifest: Manifest) -> Imatrix | None:
+    """The imatrix to quantize with (calib.imatrix), its coverage recorded in the manifest; a preset
+    that requires one refuses to run while any tensor that wants importance data is uncovered."""
+    source = cfg.calib.imatrix
+    imatrix = Imatrix.read(Path(source).expanduser()) if source else None
+    manifest.imatrix = coverage(manifest.tensors, imatrix, source)
+    missing = uncovered(manifest.imatrix)
+    if cfg.quant.requires_imatrix and missing:
+        shown = ", ".join(missing[:20]) + (f" … and {len(missing) - 20} more" if len(missing) > 20 else "")
+        raise ConfigError(f"quant={cfg.quant.name} needs an importance matrix covering every quantized tensor; "
+                          f"{len(missing)} uncovered{' (no calib.imatrix given)' if imatrix is None else ''}: {shown}", missing)
+    return imatrix
+
+
 def run_build(cfg: AppConfig, paths: dict[str, Path], *, progress: bool = True) -> tuple[Manifest, dict[str, Any] | None]:
     """stage=plan, convert or all: the manifest, and the verify report for stage=all."""
     ckpt = Checkpoint.open(model_path(cfg))
     if cfg.stage != "plan" and paths["gguf"].exists() and not cfg.output.overwrite:
         raise ConfigError(f"{paths['gguf']}: exists; set output.overwrite=true to replace it")
     manifest = compile_manifest(cfg.arch, cfg.quant, ckpt)
+    imatrix = importance_matrix(cfg, manifest)
     manifest.validate()
     report.print_plan(manifest, paths)
     paths["dir"].mkdir(parents=True, exist_ok=True)
     if cfg.stage != "plan":
-        convert(manifest, ckpt, paths["gguf"], overwrite=cfg.output.overwrite, progress=progress)
+        convert(manifest, ckpt, paths["gguf"], overwrite=cfg.output.overwrite, progress=progress, imatrix=imatrix)
         for stale in (paths["tensors"], paths["report"]):  # they described the file just replaced
             stale.unlink(missing_ok=True)
     # written after a successful conversion, so a failed run never pairs a new manifest with an old GGUF

@@ -49,6 +49,9 @@ def print_plan(manifest: Manifest, paths: dict[str, Path]) -> None:
     mtp = [e for e in manifest.tensors if e.role == "mtp"]
     _line("bits/weight", f"trunk+shared {bits_per_weight(trunk):.2f}   mtp {bits_per_weight(mtp):.2f}")
     _line("bytes", f"in {size(manifest.bytes_in)}   out {size(manifest.bytes_out)}")
+    if manifest.imatrix and any(wanted for _, wanted in manifest.imatrix["totals"].values()):
+        totals = "   ".join(f"{role} {c}/{w}" for role, (c, w) in manifest.imatrix["totals"].items() if w)
+        _line("imatrix", f"{totals}   ({manifest.imatrix['file'] or 'none'})")
     _line("manifest", str(paths["manifest"]))
 
 
@@ -76,6 +79,7 @@ def build(manifest: Manifest, result, paths: dict[str, Path]) -> dict[str, Any]:
         "failures": result.failures,
         "numeric_stats": stats,
         "numeric": result.numeric,
+        "imatrix_coverage": manifest.imatrix,
     }
 
 

@@ -119,6 +119,20 @@ class QuantConfig:
     mtp: str = "protect"  # protect | inherit (llama.cpp's types, unchanged)
     mtp_floor: Optional[str] = "Q6_K"  # protect: nextn.eh_proj never below this
     mtp_pins: List[str] = field(default_factory=list)  # "REGEX=TYPE" (llama-quantize --tensor-type style), MTP tensors
+    requires_imatrix: bool = False  # refuse to run unless an imatrix covers every tensor that wants one
+
+
+@dataclass
+class CalibConfig:
+    """Importance matrices (conf/calib/*.yaml)."""
+
+    enabled: bool = False  # stage=all runs calibrate before convert
+    imatrix: Optional[str] = None  # quantize with this imatrix file instead of computing one
+    merge_with: Optional[str] = None  # add computed entries (MTP and any other missing) to this llama-imatrix file
+    data: Optional[str] = None  # text file or directory; None: the corpus shipped with the package
+    samples: int = 16
+    seq_len: int = 256
+    seed: int = 0
 
 
 @dataclass
@@ -156,6 +170,7 @@ class AppConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
+    calib: CalibConfig = field(default_factory=CalibConfig)
     accept: AcceptConfig = field(default_factory=AcceptConfig)
     mtp: str = "keep"  # keep | drop: drop writes a GGUF without its MTP layers (loud; verify then fails)
     stage: str = "all"

@@ -9,19 +9,33 @@ from pathlib import Path
 import gguf
 
 CHILD = r"""
-import sys, llama_cpp
-src, dst, ftype, nthread = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+import ctypes, sys, llama_cpp
+src, dst, ftype, nthread, imatrix_file = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 llama_cpp.llama_backend_init()
 params = llama_cpp.llama_model_quantize_default_params()
 params.ftype = ftype
 params.nthread = nthread
+if imatrix_file:
+    # what tools/quantize does with an imatrix file: sums / count per matrix (1 where count is 0)
+    from mtpmanifest.imatrix import Imatrix
+    loaded = Imatrix.read(imatrix_file)
+    keep = []
+    entries = (llama_cpp.llama_model_imatrix_data * (len(loaded.entries) + 1))()
+    for i, name in enumerate(sorted(loaded.entries)):
+        values = loaded.weights(name).reshape(-1).copy()
+        keep.append((name.encode(), values))
+        entries[i].name = keep[-1][0]
+        entries[i].data = values.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        entries[i].size = values.size
+    entries[len(loaded.entries)].name = None
+    params.imatrix = entries
 sys.exit(llama_cpp.llama_model_quantize(src.encode(), dst.encode(), params))
 """
 
 
-def llama_quantize(src: Path, dst: Path, file_type: str, nthread: int = 2) -> Path:
+def llama_quantize(src: Path, dst: Path, file_type: str, nthread: int = 2, imatrix: Path | None = None) -> Path:
     ftype = gguf.LlamaFileType[file_type].value
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(src), str(dst), str(ftype), str(nthread)],
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(src), str(dst), str(ftype), str(nthread), str(imatrix or "")],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return dst

@@ -81,7 +81,8 @@ def quantize(data: np.ndarray, qtype, imatrix: np.ndarray | None = None, *, thre
             if by_rows is not None:
                 res = by_rows(rows[r0:r1], qw)
             else:
-                res = mod.quantize_blocks(rows[r0:r1].reshape(-1, mod.QK), None if qw is None else qw.reshape(-1, mod.QK))
+                qb = None if qw is None else qw.reshape(-1, mod.QK)
+                res = mod.quantize_blocks(rows[r0:r1].reshape(-1, mod.QK), qb)
             out[r0:r1] = res.reshape(r1 - r0, row_bytes)
 
     step = max(1, CHUNK_ELEMS // n_per_row)

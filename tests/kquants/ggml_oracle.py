@@ -13,9 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-_DEQUANT_SYMBOL = {8: "dequantize_row_q8_0", 10: "dequantize_row_q2_K", 11: "dequantize_row_q3_K",
-                   12: "dequantize_row_q4_K", 13: "dequantize_row_q5_K", 14: "dequantize_row_q6_K"}
-_BLOCK = {8: 32, 10: 256, 11: 256, 12: 256, 13: 256, 14: 256}
+_DEQUANT_SYMBOL = {2: "dequantize_row_q4_0", 3: "dequantize_row_q4_1", 6: "dequantize_row_q5_0",
+                   7: "dequantize_row_q5_1", 8: "dequantize_row_q8_0", 10: "dequantize_row_q2_K",
+                   11: "dequantize_row_q3_K", 12: "dequantize_row_q4_K", 13: "dequantize_row_q5_K",
+                   14: "dequantize_row_q6_K"}
+_BLOCK = {2: 32, 3: 32, 6: 32, 7: 32, 8: 32, 10: 256, 11: 256, 12: 256, 13: 256, 14: 256}
 
 _lib = None
 

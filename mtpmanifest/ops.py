@@ -2,7 +2,8 @@
 
 An op knows its output shapes from input shapes alone (so a plan needs headers only) and
 transforms float32 arrays in numpy (row-major, Hugging Face) order. Shapes here are numpy order;
-GGUF's ne order is the reverse.
+GGUF's ne order is the reverse. `invert` maps all of an op's outputs back to its inputs (source
+order), so weights read from a written GGUF can run in the source model's layout.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ class Op:
     apply: Callable[[Sequence[np.ndarray], Mapping[str, int]], list[np.ndarray]]
     params: tuple[str, ...] = ()
     many_inputs: bool = False  # takes one source per {xid}
+    invert: Callable[[Sequence[np.ndarray], Mapping[str, int]], list[np.ndarray]] | None = None
 
 
 def _copy_shapes(shapes: Sequence[Shape], params: Mapping[str, int]) -> list[Shape]:
@@ -32,6 +34,12 @@ def _copy_shapes(shapes: Sequence[Shape], params: Mapping[str, int]) -> list[Sha
 
 def _copy(arrays: Sequence[np.ndarray], params: Mapping[str, int]) -> list[np.ndarray]:
     return [arrays[0]]
+
+
+def _split_kv_b_invert(arrays: Sequence[np.ndarray], params: Mapping[str, int]) -> list[np.ndarray]:
+    k_b, v_b = arrays  # [n_head, rank, nope], [n_head, v_dim, rank]
+    per_head = np.concatenate([k_b.transpose(0, 2, 1), v_b], axis=1)  # [n_head, nope + v_dim, rank]
+    return [np.ascontiguousarray(per_head.reshape(-1, per_head.shape[-1]))]
 
 
 def _kv_b_dims(shape: Shape, params: Mapping[str, int]) -> tuple[int, int, int, int]:
@@ -70,11 +78,16 @@ def _stack(arrays: Sequence[np.ndarray], params: Mapping[str, int]) -> list[np.n
     return [np.stack(arrays, axis=0)]
 
 
+def _unstack(arrays: Sequence[np.ndarray], params: Mapping[str, int]) -> list[np.ndarray]:
+    return list(arrays[0])
+
+
 def op_registry() -> dict[str, Op]:
     """A fresh registry per call: no module-level mutable state shared between runs."""
     ops = [
-        Op("copy", 1, _copy_shapes, _copy),
-        Op("split_kv_b", 2, _split_kv_b_shapes, _split_kv_b, ("n_head", "qk_nope_head_dim", "v_head_dim")),
-        Op("stack_experts", 1, _stack_shapes, _stack, ("n_expert",), many_inputs=True),
+        Op("copy", 1, _copy_shapes, _copy, invert=_copy),
+        Op("split_kv_b", 2, _split_kv_b_shapes, _split_kv_b, ("n_head", "qk_nope_head_dim", "v_head_dim"),
+           invert=_split_kv_b_invert),
+        Op("stack_experts", 1, _stack_shapes, _stack, ("n_expert",), many_inputs=True, invert=_unstack),
     ]
     return {op.name: op for op in ops}

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from . import report
+from .accept_stage import measure_acceptance
 from .convert import convert
 from .errors import ConfigError, MtpManifestError, VerificationError
 from .imatrix import Imatrix, coverage, uncovered
@@ -43,7 +44,11 @@ def output_paths(cfg: AppConfig) -> dict[str, Path]:
 
 def stage_verify(cfg: AppConfig, manifest: Manifest, ckpt: Checkpoint, paths: dict[str, Path], *,
                  progress: bool = True) -> dict[str, Any]:
-    result = verify(manifest, paths["gguf"], ckpt, numeric=cfg.verify.numeric, progress=progress)
+    """stage=verify (and all): structure, numbers, MTP acceptance; stage=accept: structure and acceptance."""
+    numeric = cfg.verify.numeric and cfg.stage != "accept"
+    result = verify(manifest, paths["gguf"], ckpt, numeric=numeric, progress=progress)
+    if (cfg.accept.enabled or cfg.stage == "accept") and not result.differences:
+        result.acceptance, result.acceptance_failures = measure_acceptance(cfg.accept, cfg.arch, manifest, ckpt, paths["gguf"])
     write_json_atomic(paths["tensors"], result.tensor_manifest)
     doc = report.build(manifest, result, paths)
     write_json_atomic(paths["report"], doc)
@@ -104,7 +109,7 @@ def run_build(cfg: AppConfig, paths: dict[str, Path], *, progress: bool = True) 
     ckpt = Checkpoint.open(model_path(cfg))
     if cfg.stage != "plan" and paths["gguf"].exists() and not cfg.output.overwrite:
         raise ConfigError(f"{paths['gguf']}: exists; set output.overwrite=true to replace it")
-    manifest = compile_manifest(cfg.arch, cfg.quant, ckpt)
+    manifest = compile_manifest(cfg.arch, cfg.quant, ckpt, mtp=cfg.mtp)
     imatrix = importance_matrix(cfg, manifest)
     manifest.validate()
     report.print_plan(manifest, paths)
@@ -137,11 +142,12 @@ def result_record(cfg: AppConfig, paths: dict[str, Path] | None = None, *, manif
         "file_size": None,
         "bits_per_weight": None,
         "numeric_stats": {},
-        "mtp_acceptance": None,  # the acceptance stage (speculative decoding with the MTP head) fills this
+        "mtp_acceptance": None,  # report.json's mtp_acceptance once measured (verify, stage=accept)
     }
     if doc is not None:
+        acceptance = doc.get("mtp_acceptance") or {}
         record.update(gguf=doc["gguf"], file_size=doc["file_size"], bits_per_weight=doc["bits_per_weight"],
-                      numeric_stats=doc["numeric_stats"])
+                      numeric_stats=doc["numeric_stats"], mtp_acceptance=acceptance if acceptance.get("measured") else None)
     elif manifest is not None:
         record["bits_per_weight"] = {
             "trunk": report.bits_per_weight([e for e in manifest.tensors if e.role != "mtp"]),
@@ -183,7 +189,7 @@ def run(cfg: AppConfig, *, progress: bool = True) -> dict[str, Any]:
         run_inventory(cfg)
         return result_record(cfg)
     paths = output_paths(cfg)
-    if cfg.stage == "verify":
+    if cfg.stage in ("verify", "accept"):
         return result_record(cfg, paths, doc=run_verify(cfg, paths, progress=progress))
     manifest, doc = run_build(cfg, paths, progress=progress)
     return result_record(cfg, paths, manifest=manifest, doc=doc)

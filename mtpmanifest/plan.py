@@ -24,6 +24,7 @@ from .tensor_types import ModelFacts, assign_types
 
 log = logging.getLogger(__name__)
 MAX_LISTED = 20
+MTP_CHOICES = ("keep", "drop")
 # what llama.cpp needs of every MTP block it loads; without them creating its MTP context aborts
 MTP_HEAD_TENSORS = (MODEL_TENSOR.NEXTN_EH_PROJ, MODEL_TENSOR.NEXTN_ENORM, MODEL_TENSOR.NEXTN_HNORM)
 
@@ -109,8 +110,11 @@ def _role(rule: CompiledRule, block: int | None, n_trunk: int) -> str:
     return "mtp" if block is not None and block >= n_trunk else "trunk"
 
 
-def compile_manifest(arch: ArchConfig, quant: QuantConfig, ckpt: Checkpoint) -> Manifest:
+def compile_manifest(arch: ArchConfig, quant: QuantConfig, ckpt: Checkpoint, *, mtp: str = "keep") -> Manifest:
+    """mtp="drop" leaves every MTP tensor out (listed in `dropped`), as other converters do; verify fails such a file."""
     where = f"arch/{arch.name}.yaml"
+    if mtp not in MTP_CHOICES:
+        raise ConfigError(f"mtp={mtp}: use one of {', '.join(MTP_CHOICES)}")
     if arch.gguf_arch not in MODEL_ARCH.__members__:
         raise ConfigError(f"{where}: gguf_arch '{arch.gguf_arch}' is not a gguf MODEL_ARCH name")
     ops = op_registry()
@@ -161,6 +165,8 @@ def compile_manifest(arch: ArchConfig, quant: QuantConfig, ckpt: Checkpoint) -> 
             dropped += [{"source": m.name, "reason": rule.rule.reason or "", "rule": rule.pattern} for m in matches]
             continue
         entries += _entries(rule, block, matches, values, n_trunk, ckpt)
+    if mtp == "drop":
+        entries, dropped = _drop_mtp(entries, dropped)
 
     optional_absent = [
         rule.target_names(block)[0]
@@ -204,6 +210,17 @@ def compile_manifest(arch: ArchConfig, quant: QuantConfig, ckpt: Checkpoint) -> 
         dropped=dropped,
         optional_absent=optional_absent,
     )
+
+
+def _drop_mtp(entries: list[TensorEntry], dropped: list[dict[str, str]]) -> tuple[list[TensorEntry], list[dict[str, str]]]:
+    gone = [e for e in entries if e.role == "mtp"]
+    blocks = sorted({e.block for e in gone})
+    if gone:
+        log.warning("mtp=drop: the GGUF is written WITHOUT its %d MTP layer(s) (blocks %s, %d tensors): no speculative "
+                    "decoding with this file, and verify will fail", len(blocks), ", ".join(map(str, blocks)), len(gone))
+    sources = dict.fromkeys((s, e.rule) for e in gone for s in e.sources)
+    reason = "mtp=drop: MTP layer dropped on request"
+    return [e for e in entries if e.role != "mtp"], dropped + [{"source": s, "reason": reason, "rule": r} for s, r in sources]
 
 
 def model_facts(metadata, n_layer: int) -> ModelFacts:

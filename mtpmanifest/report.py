@@ -80,16 +80,44 @@ def build(manifest: Manifest, result, paths: dict[str, Path]) -> dict[str, Any]:
         "numeric_stats": stats,
         "numeric": result.numeric,
         "imatrix_coverage": manifest.imatrix,
+        "mtp_acceptance": result.acceptance,
     }
 
 
 def print_verify(doc: dict[str, Any]) -> None:
     _line("output", f"{doc['gguf']} ({size(doc['file_size'] or 0)})")
+    print_acceptance(doc.get("mtp_acceptance"))
     stats = "   ".join(f"{role} max rel RMSE {s['max_rel_rmse']:.2e}" for role, s in doc["numeric_stats"].items())
     status = "OK" if doc["ok"] else f"FAILED ({len(doc['failures'])} problem(s))"
     _line("verify", f"{status}   {stats}".rstrip())
     for failure in doc["failures"][:20]:
         log.error("  %s", failure)
+
+
+def _values(values: list[float | None], spec: str = ".3f") -> str:
+    return " / ".join("—" if v is None else format(v, spec) for v in values) or "—"
+
+
+def print_acceptance(acc: dict[str, Any] | None) -> None:
+    """MTP draft acceptance (per MTP layer, joined by /), top-1 accuracy and the speed-up estimate."""
+    if acc is None:
+        return
+    if not acc.get("measured"):
+        _line("MTP accept", f"not measured: {acc.get('note')}")
+        return
+    llama = acc.get("llamacpp") or {}
+    extra = (f"   llama.cpp {llama['acceptance']:.3f} (torch {llama['torch_acceptance']:.3f}, first {llama['n_tokens']} "
+             "tokens)" if "acceptance" in llama else
+             "   llama.cpp failed" if "error" in llama else "")
+    judged = "" if acc["judged"] else f"   (not judged: source < {acc['min_source_acceptance']:g})"
+    _line("MTP accept", f"source {_values(acc['source'])}   output {_values(acc['output'])}   retention "
+          f"{_values(acc['retention'], '.1%')}{extra}{judged}   ({_values(acc['positions'], 'd')} positions, "
+          f"{Path(acc['text']).name})")
+    _line("MTP top-1", f"source {_values(acc['top1']['source'])}   output {_values(acc['top1']['output'])}   "
+          f"(true token; trunk top-1 {acc['trunk']['output']['top1']:.3f})")
+    speed = acc["speedup"]
+    _line("speed-up", f"est. {speed['source']['speedup']:.2f}x source   {speed['output']['speedup']:.2f}x output   "
+          f"(draft cost {_values(speed['draft_cost'], '.1%')} of the trunk per token)")
 
 
 def print_inventory(inv: Inventory) -> None:

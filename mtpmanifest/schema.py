@@ -157,10 +157,12 @@ class AcceptConfig:
 
     enabled: bool = True
     text: Optional[str] = None  # a UTF-8 text file; None: the package's demo/heldout.txt when present
-    max_tokens: int = 1024  # tokens of the text measured (one sequence)
+    max_tokens: int = 4096  # tokens of the text measured
+    window: int = 256  # each run as a sequence of at most this many tokens (within a small model's context)
     min_retention: float = 0.95  # output acceptance / source acceptance, per MTP layer; below it verify fails
     min_source_acceptance: float = 0.05  # a source head below this agrees with nothing: retention not judged
     llamacpp: Optional[bool] = None  # also run the GGUF's MTP head in llama.cpp; None: when llama-cpp-python is installed
+    llamacpp_tokens: int = 1024  # llama.cpp runs a child process per window: it measures the first this many tokens
 
 
 @dataclass

@@ -152,6 +152,21 @@ def _fmt(value: Any, spec: str) -> str:
     return "—" if value is None else format(value, spec)
 
 
+def _acceptance(record: dict[str, Any], key: str = "output") -> float | None:
+    """The first MTP layer's draft acceptance of the written file (key="output") or its retention;
+    result.json holds report.json's mtp_acceptance section (older records: a bare number)."""
+    value = record.get("mtp_acceptance")
+    if isinstance(value, dict):
+        values = value.get(key) or [None]
+        return values[0] if isinstance(values[0], (int, float)) else None
+    return value if key == "output" and isinstance(value, (int, float)) else None
+
+
+def _acceptance_cell(record: dict[str, Any]) -> str:
+    kept = _acceptance(record, "retention")
+    return _fmt(_acceptance(record), ".3f") + ("" if kept is None else f" ({kept:.1%})")
+
+
 HEADER = ("job", "preset", "status", "size", "bpw trunk", "bpw MTP", "max rel RMSE trunk", "max rel RMSE MTP",
           "MTP acceptance", "error")
 
@@ -160,13 +175,12 @@ def table_rows(records: list[dict[str, Any]]) -> list[tuple[str, ...]]:
     rows = []
     for r in records:
         num = (r.get("job") or {}).get("num")
-        acceptance = r.get("mtp_acceptance")
         rows.append((
             "?" if num is None else str(num), r.get("preset") or "?", r.get("status", "?"),
             "—" if r.get("file_size") is None else size(r["file_size"]),
             _fmt(_bpw(r, "trunk"), ".2f"), _fmt(_bpw(r, "mtp"), ".2f"),
             _fmt(_stat(r, "trunk"), ".2e"), _fmt(_stat(r, "mtp"), ".2e"),
-            _fmt(acceptance, ".3f") if isinstance(acceptance, (int, float, type(None))) else str(acceptance),
+            _acceptance_cell(r),
             (r.get("error") or "").replace("|", "\\|"),
         ))
     return rows
@@ -187,7 +201,7 @@ def markdown_table(records: list[dict[str, Any]]) -> str:
 
 CSV_FIELDS = ("job", "preset", "status", "exit_code", "file_size", "bpw_trunk", "bpw_mtp", "max_rel_rmse_trunk",
               "mean_rel_rmse_trunk", "max_rel_rmse_mtp", "mean_rel_rmse_mtp", "max_rel_rmse_shared", "mtp_acceptance",
-              "error", "overrides", "job_dir")
+              "mtp_retention", "error", "overrides", "job_dir")
 
 
 def write_csv(path: Path, records: list[dict[str, Any]]) -> None:
@@ -203,7 +217,8 @@ def write_csv(path: Path, records: list[dict[str, Any]]) -> None:
                 "bpw_trunk": _bpw(r, "trunk"), "bpw_mtp": _bpw(r, "mtp"),
                 "max_rel_rmse_trunk": _stat(r, "trunk"), "mean_rel_rmse_trunk": (stats.get("trunk") or {}).get("mean_rel_rmse"),
                 "max_rel_rmse_mtp": _stat(r, "mtp"), "mean_rel_rmse_mtp": (stats.get("mtp") or {}).get("mean_rel_rmse"),
-                "max_rel_rmse_shared": _stat(r, "shared"), "mtp_acceptance": r.get("mtp_acceptance"),
+                "max_rel_rmse_shared": _stat(r, "shared"), "mtp_acceptance": _acceptance(r),
+                "mtp_retention": _acceptance(r, "retention"),
                 "error": r.get("error"), "overrides": " ".join(job.get("overrides") or []), "job_dir": job.get("dir"),
             })
 
@@ -219,8 +234,8 @@ def write_plot(path: Path, records: list[dict[str, Any]]) -> bool:
         return False
     ok = [r for r in records if r.get("status") == "ok" and r.get("file_size") is not None]
     panels = [("max MTP rel RMSE", lambda r: _stat(r, "mtp"))]
-    if any(isinstance(r.get("mtp_acceptance"), (int, float)) for r in ok):
-        panels.append(("MTP acceptance", lambda r: r.get("mtp_acceptance")))
+    if any(_acceptance(r) is not None for r in ok):
+        panels.append(("MTP acceptance", _acceptance))
     fig = Figure(figsize=(6.4 * len(panels), 4.8), layout="constrained")
     FigureCanvasAgg(fig)
     for i, (label, value) in enumerate(panels):

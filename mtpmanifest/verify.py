@@ -39,11 +39,13 @@ class VerifyResult:
     tensor_manifest: dict[str, Any]
     differences: list[str] = field(default_factory=list)
     numeric: list[dict[str, Any]] = field(default_factory=list)
+    acceptance: dict[str, Any] | None = None  # report.json's mtp_acceptance (mtpmanifest.accept_stage)
+    acceptance_failures: list[str] = field(default_factory=list)
 
     @property
     def failures(self) -> list[str]:
         bad = [f"{n['name']}: relative RMSE {n['rel_rmse']:.3g} > bound {n['bound']:.3g} ({n['type']})" for n in self.numeric if not n["ok"]]
-        return self.differences + bad
+        return self.differences + bad + self.acceptance_failures
 
     @property
     def ok(self) -> bool:
@@ -107,6 +109,9 @@ def structural_differences(manifest: Manifest, tm: dict[str, Any], reader: gguf.
         lacking = [name for name in mtp_head_names(block) if name not in written]
         if lacking:
             diffs.append(f"MTP block {block} lacks {', '.join(lacking)}: llama.cpp cannot run its head")
+    if manifest.layers["mtp"] and not tm["nextn_predict_layers"]:
+        diffs.append(f"the MTP head is gone: config.json declares {manifest.layers['mtp']} MTP layer(s), the GGUF has "
+                     f"none{' (written with mtp=drop)' if not manifest.layers['mtp_kept'] else ''}: no speculative decoding")
     for name in sorted(set(planned) - set(written)):
         diffs.append(f"missing tensor {name}")
     for name in sorted(set(written) - set(planned)):

@@ -177,7 +177,8 @@ def test_on_job_end_records_an_exception(tmp_path):
 def test_run_returns_a_result_record(tmp_path):
     r = pipeline.run(compose_cfg("quant=q8_0", f"output.dir={tmp_path}"), progress=False)
     assert (r["status"], r["preset"], r["file_size"]) == ("ok", "q8_0", (tmp_path / "model-q8_0.gguf").stat().st_size)
-    assert r["mtp_acceptance"] is None and r["numeric_stats"]["mtp"]["tensors"] > 0
+    acceptance = r["mtp_acceptance"]  # measured on the demo's heldout.txt when the package ships one
+    assert (acceptance is None or len(acceptance["output"]) == 1) and r["numeric_stats"]["mtp"]["tensors"] > 0
     plan = pipeline.run(compose_cfg("quant=f16", "stage=plan", f"output.dir={tmp_path / 'p'}"), progress=False)
     assert plan["file_size"] is None and 16 <= plan["bits_per_weight"]["mtp"] < 17
     exc = VerificationError("x.gguf: 1 verification failure(s): t")

@@ -1,0 +1,133 @@
+"""transformers modules of a model family, built from weights in the checkpoint's layout: the decoder
+layer, RMSNorm and rotary embedding the forward pass (mtpmanifest.forward) runs, one layer at a time.
+
+A family is a row of FAMILIES (keyed by config.json's model_type): its transformers classes and how a
+source tensor name maps to a parameter of the decoder-layer module. Modules are created on the meta
+device and take the provider's arrays as their parameters (no random init, no copy).
+"""
+from __future__ import annotations
+
+import importlib
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import BadInputError, ConfigError
+
+
+@dataclass(frozen=True)
+class Family:
+    module: str  # transformers modeling module
+    config_class: str
+    decoder_layer: str
+    rms_norm: str
+    rotary: str
+    layer_prefix: str  # source names of block {bid} start with this
+    fused_experts: re.Pattern  # per-expert source name -> (experts module, expert, projection)
+
+    def classes(self) -> dict[str, Any]:
+        mod = importlib.import_module(self.module)
+        return {k: getattr(mod, getattr(self, k)) for k in ("decoder_layer", "rms_norm", "rotary")}
+
+
+# transformers 5 stores routed experts fused: gate_up_proj [E, 2I, h] (gate rows first), down_proj [E, h, I]
+_EXPERT = re.compile(r"^(?P<experts>.*\.experts)\.(?P<xid>\d+)\.(?P<proj>gate_proj|up_proj|down_proj)\.weight$")
+
+FAMILIES = {
+    "deepseek_v3": Family("transformers.models.deepseek_v3.modeling_deepseek_v3", "DeepseekV3Config",
+                          "DeepseekV3DecoderLayer", "DeepseekV3RMSNorm", "DeepseekV3RotaryEmbedding",
+                          "model.layers.{bid}.", _EXPERT),
+}
+
+
+def family_of(config: dict) -> Family:
+    model_type = config.get("model_type")
+    if model_type not in FAMILIES:
+        raise ConfigError(f"config.json: model_type {model_type!r} has no torch forward (known: {', '.join(FAMILIES)})")
+    return FAMILIES[model_type]
+
+
+def hf_config(config: dict):
+    """The transformers config of config.json: float32, eager experts, SDPA attention (explicit masks)."""
+    family = family_of(config)
+    cls = getattr(importlib.import_module(family.module), family.config_class)
+    cfg = cls(**{k: v for k, v in config.items() if k != "quantization_config"})
+    cfg._attn_implementation = "sdpa"
+    cfg._experts_implementation = "eager"
+    return cfg
+
+
+def module_key(family: Family, source: str, block: int) -> str:
+    """Parameter of the decoder-layer module a source tensor becomes (experts land in a fused one)."""
+    prefix = family.layer_prefix.format(bid=block)
+    if not source.startswith(prefix):
+        raise BadInputError(f"{source}: not a tensor of decoder block {block} ({prefix}*)")
+    found = family.fused_experts.match(source)
+    if found:
+        return found["experts"][len(prefix):] + (".down_proj" if found["proj"] == "down_proj" else ".gate_up_proj")
+    return source[len(prefix):]
+
+
+def layer_state(family: Family, arrays: dict[str, np.ndarray], block: int) -> dict[str, torch.Tensor]:
+    """{source name: array} of one block -> the decoder-layer module's state dict."""
+    state: dict[str, torch.Tensor] = {}
+    experts: dict[str, dict[str, dict[int, np.ndarray]]] = {}
+    for source, array in arrays.items():
+        found = family.fused_experts.match(source)
+        if found:
+            experts.setdefault(module_key(family, source, block).rsplit(".", 1)[0], {}).setdefault(
+                found["proj"], {})[int(found["xid"])] = array
+        else:
+            state[module_key(family, source, block)] = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    for key, projections in experts.items():
+        gate, up, down = (projections.get(p, {}) for p in ("gate_proj", "up_proj", "down_proj"))
+        n = len(down)
+        if not n or not sorted(gate) == sorted(up) == sorted(down) == list(range(n)):
+            raise BadInputError(f"block {block}: experts of {key} are incomplete (gate {len(gate)}, up {len(up)}, down {n})")
+        state[key + ".gate_up_proj"] = torch.from_numpy(np.stack([np.concatenate([gate[e], up[e]]) for e in range(n)]))
+        state[key + ".down_proj"] = torch.from_numpy(np.stack([down[e] for e in range(n)]))
+    return state
+
+
+def decoder_layer(cfg, family: Family, block: int, arrays: dict[str, np.ndarray]) -> nn.Module:
+    """transformers' decoder layer of `block` holding exactly `arrays` (strict: nothing missing or extra)."""
+    with torch.device("meta"):
+        layer = family.classes()["decoder_layer"](cfg, layer_idx=block)
+    state = layer_state(family, arrays, block)
+    try:
+        layer.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as exc:
+        raise BadInputError(f"decoder block {block}: weights do not fit {family.decoder_layer}: "
+                            f"{' '.join(str(exc).split())[:400]}") from None
+    return layer.eval()
+
+
+def rms_norm(cfg, family: Family, weight: np.ndarray, offset: float = 0.0) -> nn.Module:
+    norm = family.classes()["rms_norm"](weight.shape[0], eps=cfg.rms_norm_eps)
+    norm.weight = nn.Parameter(torch.from_numpy(np.asarray(weight, dtype=np.float32) + np.float32(offset)), requires_grad=False)
+    return norm.eval()
+
+
+def linear(weight: np.ndarray) -> nn.Linear:
+    rows, cols = weight.shape
+    with torch.device("meta"):
+        layer = nn.Linear(cols, rows, bias=False)
+    layer.weight = nn.Parameter(torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float32)), requires_grad=False)
+    return layer.eval()
+
+
+def embedding(weight: np.ndarray) -> nn.Embedding:
+    return nn.Embedding.from_pretrained(torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float32)), freeze=True)
+
+
+def rotary(cfg, family: Family) -> nn.Module:
+    return family.classes()["rotary"](cfg).eval()
+
+
+def causal_mask(n: int) -> torch.Tensor:
+    """Additive mask [1, 1, n, n]: row i sees columns 0..i."""
+    return torch.full((n, n), float("-inf")).triu(1)[None, None]

@@ -9,6 +9,7 @@ from . import report
 from .accept_stage import measure_acceptance
 from .convert import convert
 from .errors import ConfigError, MtpManifestError, VerificationError
+from .calibrate import calibrate
 from .imatrix import Imatrix, coverage, uncovered
 from .inventory import diff, inventory_of
 from .lint import lint_conf
@@ -37,6 +38,7 @@ def output_paths(cfg: AppConfig) -> dict[str, Path]:
         "gguf": out / f"model-{cfg.quant.name}.gguf",
         "tensors": out / "tensors.json",
         "report": out / "report.json",
+        "imatrix": out / "imatrix.gguf",
     }
 
 
@@ -90,36 +92,52 @@ def run_verify(cfg: AppConfig, paths: dict[str, Path], *, progress: bool = True)
     return stage_verify(cfg, Manifest.read(paths["manifest"]), Checkpoint.open(model_path(cfg)), paths, progress=progress)
 
 
-def importance_matrix(cfg: AppConfig, manifest: Manifest) -> Imatrix | None:
-    """The imatrix to quantize with (calib.imatrix), its coverage recorded in the manifest; a preset
-    that requires one refuses to run while any tensor that wants importance data is uncovered."""
-    source = cfg.calib.imatrix
-    imatrix = Imatrix.read(Path(source).expanduser()) if source else None
+def importance_matrix(cfg: AppConfig, manifest: Manifest, ckpt: Checkpoint, paths: dict[str, Path], *,
+                      progress: bool = True) -> Imatrix | None:
+    """The imatrix to quantize with: computed (stage=calibrate, or calib.enabled; merged into
+    calib.merge_with when given, and written to output.dir/imatrix.gguf) or read (calib.imatrix).
+    Its coverage is recorded in the manifest; a preset that requires one refuses to run while any
+    tensor that wants importance data is uncovered."""
+    if cfg.stage == "calibrate" or (cfg.calib.enabled and cfg.stage in ("convert", "all")):
+        imatrix = calibrate(cfg, manifest, ckpt, progress=progress)
+        if cfg.calib.merge_with:
+            base = Imatrix.read(Path(cfg.calib.merge_with).expanduser())
+            added = base.merge_missing(imatrix)
+            log.info("imatrix: %d entries added to %s (its %d entries unchanged)", len(added), cfg.calib.merge_with,
+                     len(base.entries) - len(added))
+            imatrix = base
+        paths["dir"].mkdir(parents=True, exist_ok=True)
+        source = str(imatrix.write(paths["imatrix"]))
+    else:
+        source = cfg.calib.imatrix
+        imatrix = Imatrix.read(Path(source).expanduser()) if source else None
     manifest.imatrix = coverage(manifest.tensors, imatrix, source)
     missing = uncovered(manifest.imatrix)
-    if cfg.quant.requires_imatrix and missing:
+    if cfg.quant.requires_imatrix and missing and cfg.stage != "calibrate":
         shown = ", ".join(missing[:20]) + (f" … and {len(missing) - 20} more" if len(missing) > 20 else "")
         raise ConfigError(f"quant={cfg.quant.name} needs an importance matrix covering every quantized tensor; "
-                          f"{len(missing)} uncovered{' (no calib.imatrix given)' if imatrix is None else ''}: {shown}", missing)
+                          f"{len(missing)} uncovered{' (no calib.imatrix given; or set calib.enabled=true)' if imatrix is None else ''}: {shown}", missing)
     return imatrix
 
 
 def run_build(cfg: AppConfig, paths: dict[str, Path], *, progress: bool = True) -> tuple[Manifest, dict[str, Any] | None]:
     """stage=plan, convert or all: the manifest, and the verify report for stage=all."""
     ckpt = Checkpoint.open(model_path(cfg))
-    if cfg.stage != "plan" and paths["gguf"].exists() and not cfg.output.overwrite:
+    if cfg.stage in ("convert", "all") and paths["gguf"].exists() and not cfg.output.overwrite:
         raise ConfigError(f"{paths['gguf']}: exists; set output.overwrite=true to replace it")
     manifest = compile_manifest(cfg.arch, cfg.quant, ckpt, mtp=cfg.mtp)
-    imatrix = importance_matrix(cfg, manifest)
     manifest.validate()
+    imatrix = importance_matrix(cfg, manifest, ckpt, paths, progress=progress) if cfg.stage != "plan" else None
+    if cfg.stage == "plan":
+        manifest.imatrix = coverage(manifest.tensors, None, None)
     report.print_plan(manifest, paths)
     paths["dir"].mkdir(parents=True, exist_ok=True)
-    if cfg.stage != "plan":
+    if cfg.stage in ("convert", "all"):
         convert(manifest, ckpt, paths["gguf"], overwrite=cfg.output.overwrite, progress=progress, imatrix=imatrix)
         for stale in (paths["tensors"], paths["report"]):  # they described the file just replaced
             stale.unlink(missing_ok=True)
     # written after a successful conversion, so a failed run never pairs a new manifest with an old GGUF
-    write_json_atomic(paths["manifest"], manifest.to_json())  # validated above
+    manifest.write(paths["manifest"])
     if cfg.stage == "all":
         return manifest, stage_verify(cfg, manifest, ckpt, paths, progress=progress)
     return manifest, None

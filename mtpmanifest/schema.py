@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING
 
-STAGES = ("inventory", "plan", "convert", "verify", "accept", "diff", "lint", "all")
+STAGES = ("inventory", "plan", "calibrate", "convert", "verify", "accept", "diff", "lint", "all")
 ROLES = ("auto", "trunk", "mtp", "shared", "dropped")
 
 

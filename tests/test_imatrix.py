@@ -137,7 +137,7 @@ def test_quantized_bytes_equal_llama_model_quantize_with_the_same_imatrix(second
             cwd=tmp_path, check_rc=0)
     imatrix = synthetic_imatrix(tmp_path / "plan" / "manifest.json", tmp_path / "im.gguf", skip=("blk.2.attn_q_a.weight",))
     run_cli(f"model.path={ckpt}", f"output.dir={tmp_path / 'ours'}", f"quant={preset}", "quant.mtp=inherit",
-            f"calib.imatrix={imatrix}", "stage=convert", cwd=tmp_path, check_rc=0)
+            f"calib.imatrix={imatrix}", "quant.requires_imatrix=false", "stage=convert", cwd=tmp_path, check_rc=0)
     cfg_ftype = {"q4_k_m": "MOSTLY_Q4_K_M", "q3_k_m": "MOSTLY_Q3_K_M", "q2_k": "MOSTLY_Q2_K", "q6_k": "MOSTLY_Q6_K"}[preset]
     theirs = tensor_table(llama_quantize(work / "f32" / "model-f32.gguf", tmp_path / "ref.gguf", cfg_ftype, imatrix=imatrix))
     ours = tensor_table(tmp_path / "ours" / f"model-{preset}.gguf")
@@ -148,8 +148,7 @@ def test_quantized_bytes_equal_llama_model_quantize_with_the_same_imatrix(second
 
 def test_preset_requiring_imatrix_names_uncovered_tensors(second, tmp_path):
     work, ckpt = second
-    proc = run_cli(f"model.path={ckpt}", f"output.dir={tmp_path / 'o'}", "quant=q2_k", "quant.requires_imatrix=true",
-                   cwd=tmp_path, check_rc=2)
+    proc = run_cli(f"model.path={ckpt}", f"output.dir={tmp_path / 'o'}", "quant=q2_k", cwd=tmp_path, check_rc=2)
     line = error_line(proc)
     assert "needs an importance matrix" in line and "blk.0.attn_q_a.weight" in line
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())

@@ -1,4 +1,4 @@
-"""The embedded demo checkpoint: a tiny DeepSeek-V3 with its MTP layer (rebuild with scripts/make_demo.py)."""
+"""The embedded demo checkpoint: a tiny DeepSeek-V3 with its MTP layer (trained by scripts/train_demo.py; scripts/make_demo.py builds a random-weight one)."""
 
 import pathlib
 

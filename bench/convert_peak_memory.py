@@ -266,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vocab", type=int, help="override vocab_size (default: 102400 at 3 GB, scaled)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", action="store_true", help="keep the checkpoint and the GGUF files")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="also measure stage=calibrate (trunk + MTP forward, one decoder layer in memory at a time)")
     args = parser.parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)  # progress lines appear as they happen
     if args.size_gb <= 0:
@@ -317,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
                              f" largest rises: " + ", ".join(f"{n} +{human(b)}" for n, b in top))
             if not args.keep:
                 shutil.rmtree(out_dir, ignore_errors=True)
+        if args.calibrate:
+            ok &= measure_calibration(model_dir, work, rows)
     finally:
         if not args.keep:
             shutil.rmtree(model_dir, ignore_errors=True)
@@ -331,6 +335,35 @@ def main(argv: list[str] | None = None) -> int:
         print(note)
     print(f"overall: {verdict(ok)}")
     return 0 if ok else 1
+
+
+def measure_calibration(model_dir: pathlib.Path, work: pathlib.Path, rows: list) -> bool:
+    """Peak RSS of stage=calibrate against the largest module it must hold in float32 (a decoder block,
+    its experts fused, or the output head): target 3 x that + 500 MiB (the block's arrays, the fused
+    copy transformers keeps, activations)."""
+    out_dir = work / "out-calibrate"
+    result = run_child(["arch=deepseek_v3", "quant=q4_k_m", f"model.path={model_dir}", f"output.dir={out_dir}",
+                        "stage=calibrate", "calib.samples=4", "calib.seq_len=256"], work, "calibrate")
+    if result["returncode"] != 0:
+        print(f"calibrate exited {result['returncode']}:\n{result['log']}", file=sys.stderr)
+        return False
+    manifest = json.loads((out_dir / "manifest.json").read_text())
+    per_block: dict = {}
+    for t in manifest["tensors"]:
+        elements = 1
+        for n in t["shape"]:
+            elements *= n
+        per_block[t["block"]] = per_block.get(t["block"], 0) + 4 * elements
+    largest_block = max(v for k, v in per_block.items() if k is not None)
+    head = max(4 * t["shape"][0] * t["shape"][1] for t in manifest["tensors"] if t["name"] == "output.weight")
+    unit = max(largest_block, head)
+    target = 3 * unit + TARGET_SLACK
+    passed = result["peak_rss"] <= target
+    rows.append(("calibrate", f"largest module {'block' if largest_block >= head else 'output head'} (F32)",
+                 human(unit), human(result["peak_rss"]), human(target).replace("", "") + " (3x+500MiB)",
+                 verdict(passed), f"{result['wall']:.1f} s", "-", "-"))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    return passed
 
 
 def table_wide(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:

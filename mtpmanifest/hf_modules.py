@@ -76,7 +76,8 @@ def layer_state(family: Family, arrays: dict[str, np.ndarray], block: int) -> di
     """{source name: array} of one block -> the decoder-layer module's state dict."""
     state: dict[str, torch.Tensor] = {}
     experts: dict[str, dict[str, dict[int, np.ndarray]]] = {}
-    for source, array in arrays.items():
+    for source in list(arrays):
+        array = arrays.pop(source)  # the caller's dict lets go of each array once it is placed
         found = family.fused_experts.match(source)
         if found:
             experts.setdefault(module_key(family, source, block).rsplit(".", 1)[0], {}).setdefault(
@@ -88,9 +89,21 @@ def layer_state(family: Family, arrays: dict[str, np.ndarray], block: int) -> di
         n = len(down)
         if not n or not sorted(gate) == sorted(up) == sorted(down) == list(range(n)):
             raise BadInputError(f"block {block}: experts of {key} are incomplete (gate {len(gate)}, up {len(up)}, down {n})")
-        state[key + ".gate_up_proj"] = torch.from_numpy(np.stack([np.concatenate([gate[e], up[e]]) for e in range(n)]))
-        state[key + ".down_proj"] = torch.from_numpy(np.stack([down[e] for e in range(n)]))
+        state[key + ".gate_up_proj"] = torch.from_numpy(_fuse(n, lambda e: (gate.pop(e), up.pop(e))))
+        state[key + ".down_proj"] = torch.from_numpy(_fuse(n, lambda e: (down.pop(e),)))
     return state
+
+
+def _fuse(n: int, parts) -> np.ndarray:
+    """[n, rows, cols] from each expert's matrices stacked on rows, filled expert by expert (each
+    expert's arrays are released as they are copied: peak memory one stack, not two)."""
+    first = parts(0)
+    rows = sum(p.shape[0] for p in first)
+    out = np.empty((n, rows, first[0].shape[1]), dtype=np.float32)
+    for e in range(n):
+        pieces = first if e == 0 else parts(e)
+        out[e] = np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
+    return out
 
 
 def decoder_layer(cfg, family: Family, block: int, arrays: dict[str, np.ndarray]) -> nn.Module:

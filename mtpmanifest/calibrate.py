@@ -63,7 +63,7 @@ class ImportanceCollector:
                 gate_up = names.get(prefix + "gate_up_proj", [])
                 down = names.get(prefix + "down_proj", [])
                 if gate_up and down:
-                    self._handles.append(sub.register_forward_hook(self._experts_hook(sub, gate_up, down[0])))
+                    self._handles.append(sub.register_forward_hook(self._experts_hook(gate_up, down[0])))
             if hasattr(sub, "kv_b_proj") and hasattr(sub, "kv_a_layernorm"):
                 split = names.get(prefix + "kv_b_proj.weight", [])
                 k_b = next((n for n in split if n.endswith("attn_k_b.weight")), None)
@@ -76,12 +76,13 @@ class ImportanceCollector:
             self.add(name, inputs[0])
         return hook
 
-    def _experts_hook(self, experts: nn.Module, gate_up: list[str], down: str):
-        """Routed experts (transformers' fused layout): each expert's rows, and its down_proj inputs."""
+    def _experts_hook(self, gate_up: list[str], down: str):
+        """Routed experts (transformers' fused layout): each expert's rows, and its down_proj inputs.
+        The hook takes the module as its argument: a closure over it would keep every layer alive."""
         gate_name = next(n for n in gate_up if "gate" in n.rsplit(".", 2)[-2])
         up_name = next(n for n in gate_up if n != gate_name)
 
-        def hook(module, inputs, output):
+        def hook(experts, inputs, output):
             hidden, top_k_index = inputs[0], inputs[1]
             n_expert = experts.gate_up_proj.shape[0]
             for expert in range(n_expert):

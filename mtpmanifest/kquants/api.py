@@ -14,14 +14,15 @@ from concurrent.futures import ThreadPoolExecutor
 import gguf
 import numpy as np
 
-from . import q2_k, q3_k, q4_0, q4_1, q4_k, q5_0, q5_1, q5_k, q6_k, q8_0
+from . import q2_k, q3_k, q4_k, q5_k, q6_k, q8_0
+from .legacy_types import Q4_0, Q4_1, Q5_0, Q5_1
 from .common import F32
 
 T = gguf.GGMLQuantizationType
-# A module provides QK, TYPE_SIZE and quantize_blocks(blocks (nb, QK), imatrix blocks or None); one whose
+# A codec (a module, or a LegacyType) provides QK, TYPE_SIZE and quantize_blocks(blocks (nb, QK), imatrix blocks or None); one whose
 # imatrix path needs whole rows (the legacy types: sigma2 is taken over the row) also provides
 # quantize_rows(rows (r, n_per_row), imatrix rows or None), which is then used for every chunk.
-_MODULES = {T.Q4_0: q4_0, T.Q4_1: q4_1, T.Q5_0: q5_0, T.Q5_1: q5_1, T.Q8_0: q8_0,
+_MODULES = {T.Q4_0: Q4_0, T.Q4_1: Q4_1, T.Q5_0: Q5_0, T.Q5_1: Q5_1, T.Q8_0: q8_0,
             T.Q2_K: q2_k, T.Q3_K: q3_k, T.Q4_K: q4_k, T.Q5_K: q5_k, T.Q6_K: q6_k}
 SUPPORTED: frozenset[T] = frozenset(_MODULES)
 

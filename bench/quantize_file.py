@@ -41,12 +41,9 @@ def build_checkpoint(path: Path, args) -> Path:
 
 
 def compose_app(*overrides: str):
-    import mtpmanifest.__main__  # noqa: F401  registers the config schema
-    from hydra import compose, initialize_config_module
-    from omegaconf import OmegaConf
+    from mtpmanifest.__main__ import compose
 
-    with initialize_config_module(version_base="1.3", config_module="mtpmanifest.conf", job_name="bench"):
-        return OmegaConf.to_object(compose(config_name="config", overrides=list(overrides)))
+    return compose(*overrides, job_name="bench")
 
 
 def run_cli(*overrides: str) -> None:

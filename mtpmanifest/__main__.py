@@ -21,6 +21,14 @@ from .schema import AppConfig
 ConfigStore.instance().store(name="mtpmanifest_schema", node=AppConfig)
 
 
+def compose(*overrides: str, job_name: str = "mtpmanifest") -> AppConfig:
+    """The AppConfig a command line with these overrides would run (for tests, bench and scripts)."""
+    from hydra import compose as hydra_compose, initialize_config_module
+
+    with initialize_config_module(version_base="1.3", config_module="mtpmanifest.conf", job_name=job_name):
+        return OmegaConf.to_object(hydra_compose(config_name="config", overrides=list(overrides)))
+
+
 @hydra.main(version_base="1.3", config_path="pkg://mtpmanifest.conf", config_name="config")
 def task(cfg: DictConfig) -> dict[str, Any]:
     if sweep.is_multirun():

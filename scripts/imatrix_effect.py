@@ -21,12 +21,9 @@ VARIANTS = ("none", "trunk-only", "full")
 
 
 def compose_app(*overrides: str):
-    import mtpmanifest.__main__  # noqa: F401  registers the config schema
-    from hydra import compose, initialize_config_module
-    from omegaconf import OmegaConf
+    from mtpmanifest.__main__ import compose
 
-    with initialize_config_module(version_base="1.3", config_module="mtpmanifest.conf", job_name="effect"):
-        return OmegaConf.to_object(compose(config_name="config", overrides=list(overrides)))
+    return compose(*overrides, job_name="bench")
 
 
 def mtp_logits(forward, token_windows) -> np.ndarray:

@@ -10,18 +10,14 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_module
-from omegaconf import OmegaConf
 
-import mtpmanifest.__main__  # noqa: F401  registers the config schema with Hydra
+from mtpmanifest.__main__ import compose
 from mtpmanifest.fixtures.deepseek_v3 import TINY_CONFIG, write_checkpoint
 from mtpmanifest.schema import AppConfig
 
 
 def compose_cfg(*overrides: str) -> AppConfig:
-    with initialize_config_module(version_base="1.3", config_module="mtpmanifest.conf", job_name="test"):
-        cfg = compose(config_name="config", overrides=list(overrides))
-    return OmegaConf.to_object(cfg)
+    return compose(*overrides, job_name="test")
 
 
 def run_cli(*args: str, cwd: Path, check_rc: int | None = None) -> subprocess.CompletedProcess:

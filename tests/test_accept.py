@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import compose_cfg, error_line, run_cli
-from mtpmanifest import accept, pipeline, sweep
+from mtpmanifest import accept, pipeline, sweep_summary
 from mtpmanifest.convert import encode
 from mtpmanifest.errors import VerificationError
 from mtpmanifest.fixtures.mtp_aligned import write_aligned_checkpoint
@@ -108,7 +108,7 @@ def test_good_conversion_keeps_acceptance(good):
     assert speed["tokens_per_step"] == pytest.approx(1 + acc["output"][0])
     assert speed["speedup"] == pytest.approx(speed["tokens_per_step"] / (1 + acc["speedup"]["draft_cost"][0]))
     assert record["mtp_acceptance"] == acc  # result.json of a sweep job
-    cell = sweep.table_rows([record])[0][sweep.HEADER.index("MTP acceptance")]
+    cell = sweep_summary.table_rows([record])[0][sweep_summary.HEADER.index("MTP acceptance")]
     assert cell == f"{acc['output'][0]:.3f} ({acc['retention'][0]:.1%})"
     if HAS_LLAMA:  # accept.llamacpp=null: measured whenever llama-cpp-python is installed
         llama = acc["llamacpp"]  # 512 tokens < accept.llamacpp_tokens: the same tokens as the torch figure
@@ -120,7 +120,7 @@ def test_sweep_summary_carries_acceptance(good, tmp_path):
     out, record, report = good
     (tmp_path / "0").mkdir()
     (tmp_path / "0" / "result.json").write_text(json.dumps({"job": {"num": 0, "dir": str(out)}, **record}))
-    sweep.write_summary(tmp_path, sweep.collect(tmp_path))
+    sweep_summary.write_summary(tmp_path, sweep_summary.collect(tmp_path))
     (row,) = list(csv.DictReader((tmp_path / "summary.csv").open()))
     acc = report["mtp_acceptance"]
     assert float(row["mtp_acceptance"]) == acc["output"][0] and float(row["mtp_retention"]) == acc["retention"][0]

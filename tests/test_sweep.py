@@ -15,7 +15,7 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from conftest import compose_cfg, run_cli
-from mtpmanifest import pipeline, sweep
+from mtpmanifest import pipeline, sweep, sweep_summary
 from mtpmanifest.errors import BadInputError, VerificationError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -127,11 +127,11 @@ def record(status="ok", code=0, **extra):
 
 
 def test_exit_code_rule():
-    assert sweep.exit_code([]) == 0
-    assert sweep.exit_code([record(), record()]) == 0
-    assert sweep.exit_code([record(), record("failed", 3), record("failed", 2)]) == 3
-    assert sweep.exit_code([record("failed", 3), record("failed", 4), record("failed", 70)]) == 4
-    assert sweep.exit_code([record("failed", None)]) == 70
+    assert sweep_summary.exit_code([]) == 0
+    assert sweep_summary.exit_code([record(), record()]) == 0
+    assert sweep_summary.exit_code([record(), record("failed", 3), record("failed", 2)]) == 3
+    assert sweep_summary.exit_code([record("failed", 3), record("failed", 4), record("failed", 70)]) == 4
+    assert sweep_summary.exit_code([record("failed", None)]) == 70
 
 
 def test_summary_of_mixed_records(tmp_path, monkeypatch):
@@ -143,16 +143,16 @@ def test_summary_of_mixed_records(tmp_path, monkeypatch):
         (tmp_path / str(i)).mkdir()
         (tmp_path / str(i) / "result.json").write_text(json.dumps(r))
     (tmp_path / "2").mkdir()  # a job that never wrote its result
-    records = sweep.collect(tmp_path)
+    records = sweep_summary.collect(tmp_path)
     assert [r["status"] for r in records] == ["ok", "failed", "failed"] and "missing" in records[2]["error"]
-    table = sweep.write_summary(tmp_path, records)
+    table = sweep_summary.write_summary(tmp_path, records)
     assert "0.710" in table and "a\\|b" in table and "5.0 MiB" in table and "1.00e-02" in table
     assert "exit code 4" in (tmp_path / "summary.md").read_text()
     assert (tmp_path / "summary.png").read_bytes()[:8] == PNG_MAGIC
     (tmp_path / "summary.png").unlink()
     for module in ("matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg"):
         monkeypatch.setitem(sys.modules, module, None)  # as if not installed
-    sweep.write_summary(tmp_path, records)
+    sweep_summary.write_summary(tmp_path, records)
     assert (tmp_path / "summary.md").exists() and not (tmp_path / "summary.png").exists()
     assert "summary.png" not in (tmp_path / "summary.md").read_text()
 

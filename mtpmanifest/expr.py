@@ -1,8 +1,8 @@
 """Arithmetic over config.json values, as written in architecture YAML (`hidden_size * 2`).
 
 YAML is data, never code: an expression is parsed with `ast` and only literals, names (config keys,
-dotted for nested objects such as `rope_scaling.factor`), + - * // /, comparisons, and/or/not are
-allowed. Anything else is a configuration error.
+dotted for nested objects such as `rope_scaling.factor`), + - * // /, comparisons, and/or/not and
+`A if COND else B` are allowed (in a condition, a key config.json lacks is false). Anything else is a configuration error.
 """
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def parse(text: str) -> ast.Expression:
     for node in ast.walk(tree):
         allowed = (
             ast.Expression, ast.BinOp, ast.UnaryOp, ast.USub, ast.Not, ast.BoolOp, ast.And, ast.Or,
-            ast.Compare, ast.Constant, ast.Name, ast.Attribute, ast.Load,
+            ast.Compare, ast.Constant, ast.Name, ast.Attribute, ast.Load, ast.IfExp,
         ) + tuple(_BINARY) + tuple(_COMPARE)
         if not isinstance(node, allowed):
             raise ConfigError(f"expression {text!r}: {type(node).__name__} is not allowed")
@@ -98,6 +98,8 @@ def _eval(node: ast.AST, values: Mapping[str, Any]) -> Any:
         return -operand if isinstance(node.op, ast.USub) else not operand
     if isinstance(node, ast.BinOp):
         return _BINARY[type(node.op)](_eval(node.left, values), _eval(node.right, values))
+    if isinstance(node, ast.IfExp):
+        return _eval(node.body if _eval_condition(node.test, values) else node.orelse, values)
     if isinstance(node, ast.BoolOp):
         # in a condition, a key config.json lacks is simply false ("rope_scaling.type == 'yarn' or ...")
         results = (_eval_condition(v, values) for v in node.values)

@@ -120,7 +120,7 @@ class ModelForward:
 
     def _block(self, block: int, x: torch.Tensor, skip: set[str] = frozenset()) -> torch.Tensor:
         """One decoder block over rows x [B, R, h] at positions 0..R-1, causal."""
-        layer = hf.decoder_layer(self.cfg, self.family, block, self.weights.hf_layer(block, skip=skip))
+        layer = hf.decoder_layer(self.cfg, self.family, block, self.weights.hf_layer(block, skip=skip), self.n_trunk)
         self._hook(block, layer, self._layer_names(block, skip))
         n = x.shape[1]
         positions = torch.arange(n)[None]
@@ -164,9 +164,10 @@ class ModelForward:
         for block in range(self.n_trunk):
             x = self._block(block, x)
         norm = hf.rms_norm(self.cfg, self.family, self.weights.array(OUTPUT_NORM))
-        head = hf.linear(self.weights.array(OUTPUT))
+        output = OUTPUT if self.weights.has(OUTPUT) else TOKEN_EMBD  # tied embeddings: llama.cpp's fallback too
+        head = hf.linear(self.weights.array(output))
         self._hook(None, norm, {"weight": [OUTPUT_NORM]})
-        self._hook(None, head, {"weight": [OUTPUT]})
+        self._hook(None, head, {"weight": [output]})
         post = norm(x)
         return TrunkPass(ids, x, post, self._score(head, post, self._targets(ids, 1, ids.shape[1])))
 

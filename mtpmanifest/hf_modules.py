@@ -1,7 +1,7 @@
 """transformers modules of a model family, built from weights in the checkpoint's layout: the decoder
 layer, RMSNorm and rotary embedding the forward pass (mtpmanifest.forward) runs, one layer at a time.
 
-A family is a row of FAMILIES (keyed by config.json's model_type): its transformers classes and how a
+A family is a row of families() (keyed by config.json's model_type): its transformers classes and how a
 source tensor name maps to a parameter of the decoder-layer module. Modules are created on the meta
 device and take the provider's arrays as their parameters (no random init, no copy).
 """
@@ -10,13 +10,21 @@ from __future__ import annotations
 import importlib
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import nn
 
 from .errors import BadInputError, ConfigError
+
+
+def _plain_config(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k != "quantization_config"}
+
+
+def _same_layer(cfg, block: int, n_trunk: int):
+    return cfg, block
 
 
 @dataclass(frozen=True)
@@ -26,8 +34,12 @@ class Family:
     decoder_layer: str
     rms_norm: str
     rotary: str
-    layer_prefix: str  # source names of block {bid} start with this
     fused_experts: re.Pattern  # per-expert source name -> (experts module, expert, projection)
+    # config.json -> keyword arguments of config_class (a family without its own transformers class maps here)
+    config_kwargs: Callable[[dict], dict] = _plain_config
+    # (cfg, block, n_trunk) -> (cfg, layer_idx) to build block's decoder layer with: an MTP block that differs
+    # from what its index would give (full attention in a hybrid model, a dense MLP in an MoE model)
+    layer_config: Callable[[Any, int, int], tuple[Any, int]] = _same_layer
 
     def classes(self) -> dict[str, Any]:
         mod = importlib.import_module(self.module)
@@ -36,40 +48,48 @@ class Family:
 
 # transformers 5 stores routed experts fused: gate_up_proj [E, 2I, h] (gate rows first), down_proj [E, h, I]
 _EXPERT = re.compile(r"^(?P<experts>.*\.experts)\.(?P<xid>\d+)\.(?P<proj>gate_proj|up_proj|down_proj)\.weight$")
+# a block's tensors are named <prefix>.<index>.<parameter>: model.layers.3.…, mtp.layers.0.…, model.mtp_block.0.…
+_BLOCK_PREFIX = re.compile(r"^.*?\.\d+\.")
 
-FAMILIES = {
-    "deepseek_v3": Family("transformers.models.deepseek_v3.modeling_deepseek_v3", "DeepseekV3Config",
-                          "DeepseekV3DecoderLayer", "DeepseekV3RMSNorm", "DeepseekV3RotaryEmbedding",
-                          "model.layers.{bid}.", _EXPERT),
-}
+
+def families() -> dict[str, Family]:
+    """Torch forward per config.json model_type (built per call: no shared mutable registry)."""
+    return {
+        "deepseek_v3": Family("transformers.models.deepseek_v3.modeling_deepseek_v3", "DeepseekV3Config",
+                              "DeepseekV3DecoderLayer", "DeepseekV3RMSNorm", "DeepseekV3RotaryEmbedding", _EXPERT),
+        "glm4_moe": Family("transformers.models.glm4_moe.modeling_glm4_moe", "Glm4MoeConfig",
+                           "Glm4MoeDecoderLayer", "Glm4MoeRMSNorm", "Glm4MoeRotaryEmbedding", _EXPERT),
+    }
 
 
 def family_of(config: dict) -> Family:
     model_type = config.get("model_type")
-    if model_type not in FAMILIES:
-        raise ConfigError(f"config.json: model_type {model_type!r} has no torch forward (known: {', '.join(FAMILIES)})")
-    return FAMILIES[model_type]
+    known = families()
+    if model_type not in known:
+        raise ConfigError(f"config.json: model_type {model_type!r} has no torch forward (known: {', '.join(known)})")
+    return known[model_type]
 
 
 def hf_config(config: dict):
     """The transformers config of config.json: float32, eager experts, SDPA attention (explicit masks)."""
     family = family_of(config)
     cls = getattr(importlib.import_module(family.module), family.config_class)
-    cfg = cls(**{k: v for k, v in config.items() if k != "quantization_config"})
+    cfg = cls(**family.config_kwargs(config))
     cfg._attn_implementation = "sdpa"
     cfg._experts_implementation = "eager"
     return cfg
 
 
 def module_key(family: Family, source: str, block: int) -> str:
-    """Parameter of the decoder-layer module a source tensor becomes (experts land in a fused one)."""
-    prefix = family.layer_prefix.format(bid=block)
-    if not source.startswith(prefix):
-        raise BadInputError(f"{source}: not a tensor of decoder block {block} ({prefix}*)")
+    """Parameter of the decoder-layer module a source tensor becomes (experts land in a fused one): the
+    name after its block index (`model.layers.61.mlp.gate.weight` -> `mlp.gate.weight`)."""
+    prefix = _BLOCK_PREFIX.match(source)
+    if prefix is None:
+        raise BadInputError(f"{source}: not a tensor of decoder block {block} (no <prefix>.<index>. in its name)")
     found = family.fused_experts.match(source)
     if found:
-        return found["experts"][len(prefix):] + (".down_proj" if found["proj"] == "down_proj" else ".gate_up_proj")
-    return source[len(prefix):]
+        return found["experts"][prefix.end():] + (".down_proj" if found["proj"] == "down_proj" else ".gate_up_proj")
+    return source[prefix.end():]
 
 
 def layer_state(family: Family, arrays: dict[str, np.ndarray], block: int) -> dict[str, torch.Tensor]:
@@ -106,10 +126,11 @@ def _fuse(n: int, parts) -> np.ndarray:
     return out
 
 
-def decoder_layer(cfg, family: Family, block: int, arrays: dict[str, np.ndarray]) -> nn.Module:
+def decoder_layer(cfg, family: Family, block: int, arrays: dict[str, np.ndarray], n_trunk: int) -> nn.Module:
     """transformers' decoder layer of `block` holding exactly `arrays` (strict: nothing missing or extra)."""
+    layer_cfg, layer_idx = family.layer_config(cfg, block, n_trunk)
     with torch.device("meta"):
-        layer = family.classes()["decoder_layer"](cfg, layer_idx=block)
+        layer = family.classes()["decoder_layer"](layer_cfg, layer_idx=layer_idx)
     state = layer_state(family, arrays, block)
     try:
         layer.load_state_dict(state, strict=True, assign=True)

@@ -15,7 +15,8 @@ from .manifest import schema_errors
 from .metadata import key_template
 from .mtp_recipe import lint_recipe
 from .ops import op_registry
-from .rules import tensor_kind
+from .rules import compile_rule, tensor_kind
+from .schema import TensorRule
 
 NAMED_GROUPS = ("arch", "quant")  # files whose `name:` must equal the file name
 SCHEMAS = {"arch": "arch.schema.json", "quant": "quant.schema.json", "calib": "calib.schema.json"}
@@ -48,6 +49,15 @@ def _check_expressions(texts: Iterable[Any], where: str) -> list[str]:
     return errors
 
 
+def _rule_errors(index: int, rule: dict[str, Any], ops, where: str) -> list[str]:
+    """What compiling the rule finds: placeholders, op inputs/outputs, mtp_layer use."""
+    try:
+        compile_rule(index, TensorRule(**rule), ops, where)
+    except (ConfigError, TypeError) as exc:
+        return [str(exc)]
+    return []
+
+
 def _arch_semantics(data: dict[str, Any], where: str) -> list[str]:
     errors = []
     if data.get("gguf_arch") not in gguf.MODEL_ARCH.__members__:
@@ -55,6 +65,7 @@ def _arch_semantics(data: dict[str, Any], where: str) -> list[str]:
     ops = op_registry()
     for i, rule in enumerate(data.get("tensors") or []):
         at = f"{where}: tensors[{i}] ({rule.get('source')})"
+        before = len(errors)
         for target in ([rule["target"]] if rule.get("target") else []) + list(rule.get("targets") or []):
             try:
                 tensor_kind(target, at)
@@ -62,6 +73,8 @@ def _arch_semantics(data: dict[str, Any], where: str) -> list[str]:
                 errors.append(str(exc))
         if rule.get("op", "copy") not in ops:
             errors.append(f"{at}: unknown op '{rule.get('op')}'; known ops: {', '.join(sorted(ops))}")
+        if len(errors) == before:
+            errors += _rule_errors(i, rule, ops, where)
         texts = list(rule.get("shape") or []) + list((rule.get("params") or {}).values()) + [rule.get("where")]
         errors += _check_expressions(texts, at)
     for i, entry in enumerate(data.get("metadata") or []):

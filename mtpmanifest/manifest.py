@@ -51,7 +51,7 @@ class Manifest:
     quant: str
     file_type: str
     source: dict[str, Any]  # path, fingerprint, n_tensors, bytes
-    layers: dict[str, Any]  # trunk, mtp (declared), mtp_kept, mtp_blocks
+    layers: dict[str, Any]  # trunk, mtp (declared), mtp_found, mtp_kept, mtp_blocks, mtp_mode (keep|drop|absent_ok)
     counts: dict[str, int]  # output tensors per role
     bytes_in: int
     bytes_out: int

@@ -24,7 +24,8 @@ from .tensor_types import ModelFacts, assign_types
 
 log = logging.getLogger(__name__)
 MAX_LISTED = 20
-MTP_CHOICES = ("keep", "drop")
+MTP_CHOICES = ("keep", "drop", "absent_ok")
+FOUND = "mtp_layers_found"  # name layers.mtp may use: MTP layers present in the checkpoint
 # what llama.cpp needs of every MTP block it loads; without them creating its MTP context aborts
 MTP_HEAD_TENSORS = (MODEL_TENSOR.NEXTN_EH_PROJ, MODEL_TENSOR.NEXTN_ENORM, MODEL_TENSOR.NEXTN_HNORM)
 
@@ -78,7 +79,7 @@ def _check_match(m: Match, expect: _Expectations, n_trunk: int, n_block: int, ck
     if m.block is not None:
         if m.block >= n_block:
             raise BadInputError(f"{m.name}: block {m.block} is beyond the {n_trunk} trunk + {n_block - n_trunk} MTP layers config.json declares")
-        if m.rule.block_placeholder == "mtp" and m.block < n_trunk:
+        if m.rule.mtp_only and m.block < n_trunk:
             raise BadInputError(f"{m.name}: MTP tensor in trunk block {m.block} (num trunk layers {n_trunk})")
         if not expect.in_block(m.rule, m.block):
             raise BadInputError(f"{m.name}: not expected in block {m.block} by config.json ({rule.where} is false)")
@@ -98,10 +99,16 @@ def _expected(rule: CompiledRule, expect: _Expectations, n_trunk: int, n_block: 
     """Blocks in which `rule` must find a tensor (None: a tensor outside blocks)."""
     if rule.rule.optional or rule.rule.role == "dropped":
         return []
+    return [b for b in _candidate_blocks(rule, n_trunk, n_block) if b is None or expect.in_block(rule, b)]
+
+
+def _candidate_blocks(rule: CompiledRule, n_trunk: int, n_block: int) -> list[int | None]:
+    """Blocks a rule can claim a tensor in (None: a tensor outside blocks)."""
+    if rule.fixed_block is not None:
+        return [rule.fixed_block] if rule.fixed_block < n_block else []
     if rule.block_placeholder is None:
         return [None]
-    blocks = range(n_trunk, n_block) if rule.block_placeholder == "mtp" else range(n_block)
-    return [b for b in blocks if expect.in_block(rule, b)]
+    return list(range(n_trunk, n_block) if rule.mtp_only else range(n_block))
 
 
 def _role(rule: CompiledRule, block: int | None, n_trunk: int) -> str:
@@ -111,22 +118,25 @@ def _role(rule: CompiledRule, block: int | None, n_trunk: int) -> str:
 
 
 def compile_manifest(arch: ArchConfig, quant: QuantConfig, ckpt: Checkpoint, *, mtp: str = "keep") -> Manifest:
-    """mtp="drop" leaves every MTP tensor out (listed in `dropped`), as other converters do; verify fails such a file."""
+    """mtp="drop" leaves every MTP tensor out (listed in `dropped`), as other converters do; verify fails such a
+    file. A checkpoint whose config declares MTP layers but holds no MTP tensor (stripped by another tool) is
+    planned without them, loudly; verify fails it unless mtp="absent_ok"."""
     where = f"arch/{arch.name}.yaml"
     if mtp not in MTP_CHOICES:
         raise ConfigError(f"mtp={mtp}: use one of {', '.join(MTP_CHOICES)}")
     if arch.gguf_arch not in MODEL_ARCH.__members__:
         raise ConfigError(f"{where}: gguf_arch '{arch.gguf_arch}' is not a gguf MODEL_ARCH name")
     ops = op_registry()
-    rules = compile_rules(arch.tensors, ops, where)
     values = config_values(arch, ckpt.config)
     n_trunk = _layer_count(arch.layers.trunk, values, "trunk")
-    n_mtp = _layer_count(arch.layers.mtp, values, "MTP")
-    n_block = n_trunk + n_mtp
+    rules = compile_rules(arch.tensors, ops, where, n_trunk)
 
     scales = ckpt.scale_names()
     names = [n for n in ckpt.tensors if n not in scales]
     claims, unclaimed, conflicts = match_all(names, rules)
+    mtp_found = sorted({m.block for m in claims.values() if m.block is not None and m.block >= n_trunk})
+    n_mtp = _layer_count(arch.layers.mtp, {**values, FOUND: len(mtp_found)}, "MTP")
+    n_block = n_trunk + n_mtp
     if conflicts:
         name, patterns = next(iter(conflicts.items()))
         raise ConfigError(f"{where}: {len(conflicts)} tensor(s) claimed by several rules, e.g. {name} by {' and '.join(patterns)}")
@@ -140,18 +150,17 @@ def compile_manifest(arch: ArchConfig, quant: QuantConfig, ckpt: Checkpoint, *, 
         key_name = "" if m.rule.op.many_inputs else m.name
         groups[(m.rule.index, m.block, key_name)].append(m)
 
-    mtp_found = sorted({m.block for m in claims.values() if m.block is not None and m.block >= n_trunk})
-    if n_mtp and not mtp_found:
-        raise BadInputError(
-            f"config.json declares {n_mtp} MTP layer(s) ({arch.layers.mtp}) but the checkpoint has no MTP tensors "
-            f"(blocks {n_trunk}..{n_block - 1}): it was probably stripped by another tool"
-        )
+    stripped = bool(n_mtp and not mtp_found)
+    if stripped:
+        log.warning("config.json declares %d MTP layer(s) (%s) but the checkpoint has NO MTP tensors (blocks %d..%d): "
+                    "it was stripped by another tool; the GGUF will have no MTP head%s", n_mtp, arch.layers.mtp,
+                    n_trunk, n_block - 1, "" if mtp == "absent_ok" else " and verify will fail (mtp=absent_ok accepts it)")
     found = {(k[0], k[1]) for k in groups}
     missing = [
         rule.target_names(block)[0] if rule.kinds else rule.pattern
         for rule in rules
         for block in _expected(rule, expect, n_trunk, n_block)
-        if (rule.index, block) not in found
+        if (rule.index, block) not in found and not (stripped and block is not None and block >= n_trunk)
     ]
     if missing:
         raise BadInputError(f"{len(missing)} tensor(s) expected by {where} and config.json are missing: {_listing(missing)}", missing)
@@ -171,8 +180,8 @@ def compile_manifest(arch: ArchConfig, quant: QuantConfig, ckpt: Checkpoint, *, 
     optional_absent = [
         rule.target_names(block)[0]
         for rule in rules
-        if rule.rule.optional and rule.kinds
-        for block in (range(n_trunk, n_block) if rule.block_placeholder == "mtp" else [None] if rule.block_placeholder is None else [])
+        if rule.rule.optional and rule.kinds and (rule.mtp_only or rule.block_placeholder is None)
+        for block in _candidate_blocks(rule, n_trunk, 0 if stripped else n_block)
         if (rule.index, block) not in found
     ]
     for name in optional_absent:
@@ -200,7 +209,8 @@ def compile_manifest(arch: ArchConfig, quant: QuantConfig, ckpt: Checkpoint, *, 
             "n_tensors": len(ckpt.tensors),
             "bytes": sum(t.nbytes for t in ckpt.tensors.values()),
         },
-        layers={"trunk": n_trunk, "mtp": n_mtp, "mtp_found": len(mtp_found), "mtp_kept": len(mtp_blocks), "mtp_blocks": mtp_blocks},
+        layers={"trunk": n_trunk, "mtp": n_mtp, "mtp_found": len(mtp_found), "mtp_kept": len(mtp_blocks),
+                "mtp_blocks": mtp_blocks, "mtp_mode": mtp},
         counts=counts,
         bytes_in=sum(t.nbytes for t in ckpt.tensors.values()),
         bytes_out=sum(e.n_bytes for e in entries),

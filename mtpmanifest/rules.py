@@ -1,7 +1,9 @@
 """Compile tensor rules (`model.layers.{bid}.eh_proj.weight`) and match source names against them.
 
-Placeholders: {bid} any decoder block (trunk or MTP), {mtp} an MTP block only, {xid} an expert
-index. Each compiled rule knows its GGUF target(s) from gguf-py's TENSOR_NAMES.
+Placeholders: {bid} any decoder block (trunk or MTP), {mtp} an MTP block only (its absolute block
+number), {nextn} the index k of an MTP layer that the family numbers from 0 (block n_trunk + k), {xid}
+an expert index. A rule without a block placeholder but with `mtp_layer: k` claims a tensor of MTP
+layer k (Qwen3-Next's `mtp.fc`). Each compiled rule knows its GGUF target(s) from gguf-py's TENSOR_NAMES.
 """
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ from .errors import ConfigError
 from .ops import Op
 from .schema import TensorRule
 
-PLACEHOLDERS = ("bid", "mtp", "xid")
+PLACEHOLDERS = ("bid", "mtp", "nextn", "xid")
+BLOCK_PLACEHOLDERS = ("bid", "mtp", "nextn")
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
 
@@ -34,7 +37,17 @@ class CompiledRule:
     literal_tail: str  # text after the last placeholder: a cheap filter before the regex
     kinds: tuple[MODEL_TENSOR, ...]
     op: Op
-    block_placeholder: str | None  # "bid", "mtp" or None
+    block_placeholder: str | None  # "bid", "mtp", "nextn" or None
+    n_trunk: int  # block of MTP layer 0, for {nextn} and mtp_layer
+
+    @property
+    def mtp_only(self) -> bool:
+        """Claims MTP tensors only (never a trunk block)."""
+        return self.block_placeholder in ("mtp", "nextn") or self.rule.mtp_layer is not None
+
+    @property
+    def fixed_block(self) -> int | None:
+        return None if self.rule.mtp_layer is None else self.n_trunk + self.rule.mtp_layer
 
     @property
     def pattern(self) -> str:
@@ -47,9 +60,14 @@ class CompiledRule:
         if found is None:
             return None
         groups = found.groupdict()
-        block = groups.get("bid") or groups.get("mtp")
         expert = groups.get("xid")
-        return Match(self, name, int(block) if block is not None else None, int(expert) if expert is not None else None)
+        if "nextn" in groups:
+            block: int | None = self.n_trunk + int(groups["nextn"])
+        elif "bid" in groups or "mtp" in groups:
+            block = int(groups.get("bid") or groups["mtp"])
+        else:
+            block = self.fixed_block
+        return Match(self, name, block, int(expert) if expert is not None else None)
 
     def target_names(self, block: int | None) -> list[str]:
         suffix = self.rule.suffix
@@ -66,15 +84,19 @@ def tensor_kind(name: str, where: str) -> MODEL_TENSOR:
     return kind
 
 
-def compile_rule(index: int, rule: TensorRule, ops: dict[str, Op], where: str) -> CompiledRule:
+def compile_rule(index: int, rule: TensorRule, ops: dict[str, Op], where: str, n_trunk: int = 0) -> CompiledRule:
     where = f"{where} tensors[{index}] ({rule.source})"
     names = _PLACEHOLDER.findall(rule.source)
     unknown = [n for n in names if n not in PLACEHOLDERS]
     if unknown:
-        raise ConfigError(f"{where}: unknown placeholder {{{unknown[0]}}}; use one of {{bid}}, {{mtp}}, {{xid}}")
-    if len(set(names)) != len(names) or ("bid" in names and "mtp" in names):
-        raise ConfigError(f"{where}: a placeholder may appear once, and {{bid}} and {{mtp}} not together")
-    block_placeholder = next((n for n in names if n in ("bid", "mtp")), None)
+        raise ConfigError(f"{where}: unknown placeholder {{{unknown[0]}}}; use one of {{bid}}, {{mtp}}, {{nextn}}, {{xid}}")
+    blocks = [n for n in names if n in BLOCK_PLACEHOLDERS]
+    if len(set(names)) != len(names) or len(blocks) > 1:
+        raise ConfigError(f"{where}: a placeholder may appear once, and only one of {{bid}}, {{mtp}}, {{nextn}}")
+    block_placeholder = blocks[0] if blocks else None
+    if rule.mtp_layer is not None and (block_placeholder or rule.mtp_layer < 0 or rule.role not in ("auto", "mtp")):
+        raise ConfigError(f"{where}: mtp_layer {rule.mtp_layer} needs a source without a block placeholder, "
+                          "a layer index >= 0 and role auto or mtp")
     if rule.op not in ops:
         raise ConfigError(f"{where}: unknown op '{rule.op}'; known ops: {', '.join(sorted(ops))}")
     op = ops[rule.op]
@@ -87,7 +109,7 @@ def compile_rule(index: int, rule: TensorRule, ops: dict[str, Op], where: str) -
         kinds = tuple(tensor_kind(t, where) for t in target_names)
         if len(kinds) != op.n_outputs:
             raise ConfigError(f"{where}: op '{rule.op}' has {op.n_outputs} output(s) but {len(kinds)} target(s) are named")
-        if block_placeholder is None and rule.role == "auto":
+        if block_placeholder is None and rule.mtp_layer is None and rule.role == "auto":
             raise ConfigError(f"{where}: a tensor outside decoder blocks needs an explicit role (trunk, mtp or shared)")
     missing = [p for p in op.params if p not in rule.params]
     if missing:
@@ -99,11 +121,11 @@ def compile_rule(index: int, rule: TensorRule, ops: dict[str, Op], where: str) -
         )
     )
     literal_tail = _PLACEHOLDER.split(rule.source)[-1]
-    return CompiledRule(index, rule, regex, literal_tail, kinds, op, block_placeholder)
+    return CompiledRule(index, rule, regex, literal_tail, kinds, op, block_placeholder, n_trunk)
 
 
-def compile_rules(rules: list[TensorRule], ops: dict[str, Op], where: str) -> list[CompiledRule]:
-    compiled = [compile_rule(i, r, ops, where) for i, r in enumerate(rules)]
+def compile_rules(rules: list[TensorRule], ops: dict[str, Op], where: str, n_trunk: int = 0) -> list[CompiledRule]:
+    compiled = [compile_rule(i, r, ops, where, n_trunk) for i, r in enumerate(rules)]
     seen: dict[str, int] = {}
     for c in compiled:
         if c.rule.source in seen:

@@ -29,8 +29,9 @@ class MetadataEntry:
 
 @dataclass
 class TensorRule:
-    """Claims source tensors by pattern. Placeholders: {bid} any block, {mtp} an MTP block,
-    {xid} an expert index. Every source tensor must be claimed by exactly one rule."""
+    """Claims source tensors by pattern. Placeholders: {bid} any block, {mtp} an MTP block (absolute
+    number), {nextn} an MTP layer index counted from 0, {xid} an expert index. Every source tensor
+    must be claimed by exactly one rule."""
 
     source: str = MISSING
     target: Optional[str] = None  # gguf MODEL_TENSOR name, e.g. NEXTN_EH_PROJ
@@ -43,12 +44,13 @@ class TensorRule:
     where: Optional[str] = None  # blocks that must have it, expression over `bid` and config
     optional: bool = False  # a block may lack it
     reason: Optional[str] = None  # why a tensor is dropped (role: dropped)
+    mtp_layer: Optional[int] = None  # a tensor without block placeholder that belongs to MTP layer k
 
 
 @dataclass
 class LayerCounts:
     trunk: str = MISSING  # expression: number of trunk decoder layers
-    mtp: str = MISSING  # expression: number of MTP layers the config declares
+    mtp: str = MISSING  # expression: MTP layers the config declares; may use mtp_layers_found (counted in the tensors)
 
 
 @dataclass
@@ -174,7 +176,7 @@ class AppConfig:
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     calib: CalibConfig = field(default_factory=CalibConfig)
     accept: AcceptConfig = field(default_factory=AcceptConfig)
-    mtp: str = "keep"  # keep | drop: drop writes a GGUF without its MTP layers (loud; verify then fails)
+    mtp: str = "keep"  # keep | drop (a GGUF without its MTP layers: loud, verify fails) | absent_ok (accept a stripped checkpoint)
     stage: str = "all"
     other: Optional[str] = None  # stage=diff: the file or checkpoint to compare with; stage=lint: a user conf dir
     debug: bool = False

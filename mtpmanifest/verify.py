@@ -109,9 +109,7 @@ def structural_differences(manifest: Manifest, tm: dict[str, Any], reader: gguf.
         lacking = [name for name in mtp_head_names(block) if name not in written]
         if lacking:
             diffs.append(f"MTP block {block} lacks {', '.join(lacking)}: llama.cpp cannot run its head")
-    if manifest.layers["mtp"] and not tm["nextn_predict_layers"]:
-        diffs.append(f"the MTP head is gone: config.json declares {manifest.layers['mtp']} MTP layer(s), the GGUF has "
-                     f"none{' (written with mtp=drop)' if not manifest.layers['mtp_kept'] else ''}: no speculative decoding")
+    diffs += _mtp_gone(manifest.layers, tm["nextn_predict_layers"])
     for name in sorted(set(planned) - set(written)):
         diffs.append(f"missing tensor {name}")
     for name in sorted(set(written) - set(planned)):
@@ -123,6 +121,21 @@ def structural_differences(manifest: Manifest, tm: dict[str, Any], reader: gguf.
         if entry.type != tensor["type"]:
             diffs.append(f"{name}: type {tensor['type']}, manifest says {entry.type}")
     return diffs
+
+
+def _mtp_gone(layers: dict[str, Any], nextn: int | None) -> list[str]:
+    """The one failure this project exists for: a model that had MTP layers and a GGUF without them."""
+    if not layers["mtp"] or nextn:
+        return []
+    if not layers["mtp_found"]:
+        if layers.get("mtp_mode") == "absent_ok":
+            log.warning("the checkpoint had no MTP tensors (stripped before mtpmanifest saw it); accepted: mtp=absent_ok")
+            return []
+        return [f"the MTP head is gone: config.json declares {layers['mtp']} MTP layer(s) but the checkpoint has no MTP "
+                "tensors (stripped by another tool); mtp=absent_ok accepts such a file"]
+    how = " (written with mtp=drop)" if layers.get("mtp_mode") == "drop" else ""
+    return [f"the MTP head is gone: config.json declares {layers['mtp']} MTP layer(s), the GGUF has none{how}: "
+            "no speculative decoding"]
 
 
 def _rows(array: np.ndarray) -> np.ndarray:

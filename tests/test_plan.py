@@ -29,7 +29,7 @@ def test_layout_matches_llamacpp_deepseek2(tiny_ckpt):
     manifest = plan(tiny_ckpt)
     names = {e.name: e for e in manifest.tensors}
     assert len(names) == 94  # the layout llama.cpp loads with its MTP head usable
-    assert manifest.layers == {"trunk": 4, "mtp": 1, "mtp_found": 1, "mtp_kept": 1, "mtp_blocks": [4]}
+    assert manifest.layers == {"trunk": 4, "mtp": 1, "mtp_found": 1, "mtp_kept": 1, "mtp_blocks": [4], "mtp_mode": "keep"}
     assert manifest.counts == {"trunk": 67, "mtp": 24, "shared": 3}
     assert names["blk.4.nextn.eh_proj.weight"].shape == [512, 256]
     assert names["blk.4.nextn.eh_proj.weight"].mtp_layer == 0
@@ -131,10 +131,14 @@ def test_fp8_without_quantization_config(fresh_ckpt):
         plan(fresh_ckpt)
 
 
-def test_stripped_mtp_is_reported_as_such(tmp_path):
+def test_stripped_mtp_is_reported_as_such(tmp_path, caplog):
     path = write_checkpoint(tmp_path / "stripped", mtp=False)
-    with pytest.raises(BadInputError, match="declares 1 MTP layer.*no MTP tensors.*stripped"):
-        plan(path)
+    manifest = plan(path)
+    assert "declares 1 MTP layer(s) (num_nextn_predict_layers) but the checkpoint has NO MTP tensors" in caplog.text
+    assert "stripped by another tool" in caplog.text and "verify will fail (mtp=absent_ok accepts it)" in caplog.text
+    assert manifest.layers | {"mtp_blocks": None} == {"trunk": 4, "mtp": 1, "mtp_found": 0, "mtp_kept": 0,
+                                                        "mtp_blocks": None, "mtp_mode": "keep"}
+    assert manifest.optional_absent == []  # the stripped layer's optional copies are not "absent", the layer is
 
 
 def test_missing_config_key_named(fresh_ckpt):

@@ -25,6 +25,15 @@ def test_mtp_targets_use_gguf_nextn_names():
     assert r.target_names(61) == ["blk.61.nextn.shared_head_head.weight"]
 
 
+def test_nextn_and_mtp_layer_place_tensors_after_the_trunk():
+    ops = op_registry()
+    layer = compile_rule(0, TensorRule(source="mtp.layers.{nextn}.self_attn.q_proj.weight", target="ATTN_Q"), ops, "x", 48)
+    fc = compile_rule(1, TensorRule(source="mtp.fc.weight", target="NEXTN_EH_PROJ", mtp_layer=0), ops, "x", 48)
+    assert layer.match("mtp.layers.1.self_attn.q_proj.weight").block == 49
+    assert fc.match("mtp.fc.weight").block == 48 and fc.mtp_only and layer.mtp_only
+    assert fc.target_names(48) == ["blk.48.nextn.eh_proj.weight"]
+
+
 @pytest.mark.parametrize("kw, message", [
     ({"source": "a.{foo}.w", "target": "ATTN_NORM"}, "unknown placeholder"),
     ({"source": "a.{bid}.w", "target": "NOT_A_TENSOR"}, "not a gguf MODEL_TENSOR name"),
@@ -33,7 +42,10 @@ def test_mtp_targets_use_gguf_nextn_names():
     ({"source": "a.{bid}.w", "targets": ["ATTN_K_B", "ATTN_V_B"], "op": "split_kv_b"}, "needs params"),
     ({"source": "a.{bid}.{xid}.w", "target": "FFN_UP_EXP"}, "does not take an {xid}"),
     ({"source": "a.w", "target": "TOKEN_EMBD"}, "needs an explicit role"),
-    ({"source": "a.{bid}.{mtp}.w", "target": "ATTN_NORM"}, "not together"),
+    ({"source": "a.{bid}.{mtp}.w", "target": "ATTN_NORM"}, "only one of"),
+    ({"source": "a.{nextn}.{mtp}.w", "target": "ATTN_NORM"}, "only one of"),
+    ({"source": "a.{nextn}.w", "target": "ATTN_NORM", "mtp_layer": 0}, "mtp_layer 0 needs a source without"),
+    ({"source": "a.w", "target": "ATTN_NORM", "mtp_layer": 0, "role": "trunk"}, "role auto or mtp"),
 ])
 def test_bad_rules_are_config_errors(kw, message):
     with pytest.raises(ConfigError, match=message):

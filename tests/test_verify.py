@@ -180,3 +180,17 @@ def test_tensors_json_hashes_are_the_file_bytes(good):
         assert t["sha256"] == hashlib.sha256(blob[start:end]).hexdigest(), t["name"]
     assert end == len(blob)  # the last tensor ends the file
     assert len({t["sha256"] for t in tensors["tensors"]}) == 94  # random weights: no two tensors alike
+
+
+def test_stripped_checkpoint_fails_verify_unless_absent_ok(tmp_path):
+    from mtpmanifest.fixtures.deepseek_v3 import write_checkpoint
+
+    stripped = write_checkpoint(tmp_path / "stripped", mtp=False, fp8=False)
+    proc = cli(stripped, tmp_path / "keep", "stage=all", "accept.enabled=false", cwd=tmp_path, rc=4)
+    assert "declares 1 MTP layer(s) but the checkpoint has no MTP tensors (stripped by another tool)" in error_line(proc)
+    assert "mtp=absent_ok accepts such a file" in error_line(proc)
+    assert (tmp_path / "keep" / GGUF_NAME).exists()  # the trunk is converted; only verification fails
+    proc = cli(stripped, tmp_path / "ok", "stage=all", "accept.enabled=false", "mtp=absent_ok", cwd=tmp_path, rc=0)
+    assert "accepted: mtp=absent_ok" in proc.stdout + proc.stderr
+    manifest = read_json(tmp_path / "ok" / "manifest.json")
+    assert manifest["layers"]["mtp_found"] == 0 and manifest["layers"]["mtp_mode"] == "absent_ok"

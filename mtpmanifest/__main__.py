@@ -13,7 +13,7 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from . import sweep
+from . import cli_conf, sweep
 from .errors import MtpManifestError
 from .pipeline import run
 from .schema import AppConfig
@@ -25,16 +25,19 @@ def compose(*overrides: str, job_name: str = "mtpmanifest") -> AppConfig:
     """The AppConfig a command line with these overrides would run (for tests, bench and scripts)."""
     from hydra import compose as hydra_compose, initialize_config_module
 
+    cli_conf.quiet_unset_conf_dir()
     with initialize_config_module(version_base="1.3", config_module="mtpmanifest.conf", job_name=job_name):
         return OmegaConf.to_object(hydra_compose(config_name="config", overrides=list(overrides)))
 
 
 @hydra.main(version_base="1.3", config_path="pkg://mtpmanifest.conf", config_name="config")
 def task(cfg: DictConfig) -> dict[str, Any]:
-    if sweep.is_multirun():
-        return sweep.run_job(cfg)  # never exits: a failed job is recorded, the others still run
     debug = bool(cfg.get("debug", False))
     try:
+        cli_conf.check_user_dirs()
+        cfg = cli_conf.resolve_auto(cfg)
+        if sweep.is_multirun():
+            return sweep.run_job(cfg)  # never exits: a failed job is recorded, the others still run
         return run(OmegaConf.to_object(cfg))
     except MtpManifestError as exc:
         if debug:
@@ -49,6 +52,7 @@ def task(cfg: DictConfig) -> dict[str, Any]:
 
 
 def main() -> None:
+    cli_conf.quiet_unset_conf_dir()
     try:
         task()
     except SystemExit as exc:

@@ -10,6 +10,7 @@ import gguf
 import yaml
 
 from . import expr
+from .arch_select import AUTO, shadowing_errors
 from .errors import ConfigError
 from .manifest import schema_errors
 from .metadata import key_template
@@ -113,6 +114,8 @@ def lint_file(path: Path, group: str) -> list[str]:
         return [f"{where}: cannot parse YAML: {str(exc).splitlines()[0]}"]
     if _contains_target(data):
         return [f"{where}: `_target_` is not allowed: YAML here is data, never code"]
+    if group == "arch" and path.stem == AUTO:
+        return [] if data == {"name": AUTO} else [f"{where}: arch/{AUTO}.yaml is reserved for arch=auto: it holds only `name: {AUTO}`"]
     errors = [f"{where}: {e}" for e in schema_errors(SCHEMAS[group], data)]
     if isinstance(data, dict) and group in NAMED_GROUPS:
         if data.get("name") != path.stem:
@@ -124,8 +127,9 @@ def lint_file(path: Path, group: str) -> list[str]:
 
 def lint_conf(extra_dirs: Iterable[Path] = ()) -> list[str]:
     """Every error of every YAML under the shipped conf/ and `extra_dirs`, all at once."""
-    errors = []
-    for root in [shipped_conf_dir(), *map(Path, extra_dirs)]:
+    extra_dirs = [Path(d) for d in extra_dirs]
+    errors = shadowing_errors(shipped_conf_dir(), extra_dirs)
+    for root in [shipped_conf_dir(), *extra_dirs]:
         for path in yaml_files(root):
             group = path.parent.name
             if group in SCHEMAS:

@@ -20,8 +20,9 @@ def compose_cfg(*overrides: str) -> AppConfig:
     return compose(*overrides, job_name="test")
 
 
-def run_cli(*args: str, cwd: Path, check_rc: int | None = None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HYDRA_")}
+def run_cli(*args: str, cwd: Path, check_rc: int | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`python -m mtpmanifest ARGS`; the caller's environment without HYDRA_* and MTPMANIFEST_*, plus `env`."""
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("HYDRA_", "MTPMANIFEST_CONF"))}, **(env or {})}
     proc = subprocess.run([sys.executable, "-m", "mtpmanifest", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)
     if check_rc is not None:

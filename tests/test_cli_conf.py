@@ -1,5 +1,6 @@
 """User config directories (MTPMANIFEST_CONF_DIR, --config-dir, hydra.searchpath) and arch=auto, through the CLI."""
 import json
+import shutil
 
 import pytest
 
@@ -60,12 +61,12 @@ def test_arch_auto_finds_user_architectures(tmp_path):
         BUILTIN.replace("name: deepseek_v3", "name: my_arch").replace("[DeepseekV3ForCausalLM]", "[MyForCausalLM]")
         .replace("model_types: [deepseek_v3]", "model_types: [my_model]"))
     model = tmp_path / "model"
-    model.mkdir()
+    shutil.copytree(DEMO_DIR, model, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
     config = json.loads((DEMO_DIR / "config.json").read_text())
     (model / "config.json").write_text(json.dumps({**config, "architectures": ["MyForCausalLM"], "model_type": "my_model"}))
     proc = run_cli("--config-dir", str(conf), "arch=auto", f"model.path={model}", "stage=inventory",
                    f"output.dir={tmp_path / 'out'}", cwd=tmp_path, check_rc=0)
-    assert "-> arch=my_arch" in proc.stdout + proc.stderr
+    assert "-> arch=my_arch" in proc.stdout + proc.stderr and "my_arch" in proc.stdout
 
 
 def test_arch_auto_unknown_lists_known_and_closest(tmp_path):

@@ -107,7 +107,9 @@ def measure_acceptance(cfg: AcceptConfig, arch: ArchConfig, manifest: Manifest, 
                 failures.append(f"MTP layer {layer} (block {manifest.layers['mtp_blocks'][layer]}): draft acceptance "
                                 f"{o:.3f} in the output vs {s:.3f} in the source, retention {r or 0:.1%} < "
                                 f"accept.min_retention {cfg.min_retention:.0%}")
-    if _want_llamacpp(cfg):
+    if _want_llamacpp(cfg) and not arch.llamacpp_mtp:
+        log.info("MTP acceptance in llama.cpp not measured: its runtime cannot run %s's MTP head", arch.name)
+    elif _want_llamacpp(cfg):
         section["llamacpp"] = figures = _llamacpp(cfg, gguf_path, tokens, written, output)
         if "error" in figures:
             failures.append(f"{gguf_path}: llama.cpp could not run the MTP head: {figures['error']}")

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +11,7 @@ from . import report
 from .accept_stage import measure_acceptance
 from .convert import convert
 from .errors import ConfigError, MtpManifestError, VerificationError
+from .fixtures.from_rules import write_rule_fixture
 from .calibrate import calibrate
 from .imatrix import Imatrix, coverage, uncovered
 from .inventory import diff, inventory_of
@@ -71,6 +74,20 @@ def run_lint(cfg: AppConfig) -> None:
         raise ConfigError(f"lint: {len(errors)} error(s) in the configuration files; the first: {errors[0]}", errors)
 
 
+def run_fixture(cfg: AppConfig) -> None:
+    """stage=fixture: the architecture file's tiny checkpoint, written whole into output.dir or not at all."""
+    out = Path(cfg.output.dir).expanduser()
+    if out.exists() and any(out.iterdir()) and not cfg.output.overwrite:
+        raise ConfigError(f"{out}: exists and is not empty; set output.overwrite=true to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}-", dir=out.parent) as tmp:
+        built = write_rule_fixture(cfg.arch, Path(tmp) / "ckpt")
+        if out.exists():
+            shutil.rmtree(out)
+        built.rename(out)
+    report.print_fixture(cfg.arch.name, out, len(Checkpoint.open(out).tensors))
+
+
 def run_inventory(cfg: AppConfig) -> None:
     inv = inventory_of(model_path(cfg), cfg.arch)
     report.print_inventory(inv)
@@ -131,6 +148,8 @@ def run_build(cfg: AppConfig, paths: dict[str, Path], *, progress: bool = True) 
     if cfg.stage == "plan":
         manifest.imatrix = coverage(manifest.tensors, None, None)
     report.print_plan(manifest, paths)
+    if not cfg.arch.llamacpp_mtp:
+        report.print_runtime_note(cfg.arch.name, manifest.gguf_arch, manifest)
     paths["dir"].mkdir(parents=True, exist_ok=True)
     if cfg.stage in ("convert", "all"):
         convert(manifest, ckpt, paths["gguf"], overwrite=cfg.output.overwrite, progress=progress, imatrix=imatrix)
@@ -205,6 +224,9 @@ def run(cfg: AppConfig, *, progress: bool = True) -> dict[str, Any]:
         return result_record(cfg)
     if cfg.stage in ("inventory", "diff"):
         run_inventory(cfg)
+        return result_record(cfg)
+    if cfg.stage == "fixture":
+        run_fixture(cfg)
         return result_record(cfg)
     paths = output_paths(cfg)
     if cfg.stage in ("verify", "accept"):

@@ -55,6 +55,15 @@ def print_plan(manifest: Manifest, paths: dict[str, Path]) -> None:
     _line("manifest", str(paths["manifest"]))
 
 
+def print_runtime_note(arch: str, gguf_arch: str, manifest: Manifest) -> None:
+    """The one thing a user of a family without llama.cpp MTP support must know before using the file."""
+    blocks = manifest.layers["mtp_blocks"]
+    if blocks:
+        log.warning("llama.cpp cannot run %s MTP heads yet: they are kept as blk.%s.nextn.* + blk.%s.* (README "
+                    "\"Supported families\") and validated here, but llama.cpp's %s loader refuses the extra tensors; "
+                    "for a file llama.cpp loads today, write one with mtp=drop", arch, blocks[0], blocks[0], gguf_arch)
+
+
 def build(manifest: Manifest, result, paths: dict[str, Path]) -> dict[str, Any]:
     by_role: dict[str, list[float]] = defaultdict(list)
     for n in result.numeric:
@@ -129,6 +138,10 @@ def print_inventory(inv: Inventory) -> None:
         log.info("  %-52s %-10s %s", t["name"], t["type"], t["shape"])
     for note in inv.notes:
         log.warning("note: %s", note)
+
+
+def print_fixture(arch: str, path: Path, n_tensors: int) -> None:
+    _line("fixture", f"{path} (arch {arch}, {n_tensors} tensors, from the rules of arch/{arch}.yaml)")
 
 
 def print_diff(lines: list[str]) -> None:

@@ -71,7 +71,8 @@ class CompiledRule:
 
     def target_names(self, block: int | None) -> list[str]:
         suffix = self.rule.suffix
-        return [TENSOR_NAMES[kind].format(bid=block) + "." + suffix for kind in self.kinds]
+        tail = "." + suffix if suffix else ""  # "": a GGUF name without suffix (qwen3next's blk.N.ssm_a)
+        return [TENSOR_NAMES[kind].format(bid=block) + tail for kind in self.kinds]
 
 
 def tensor_kind(name: str, where: str) -> MODEL_TENSOR:

@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING
 
-STAGES = ("inventory", "plan", "calibrate", "convert", "verify", "accept", "diff", "lint", "all")
+STAGES = ("inventory", "plan", "calibrate", "convert", "verify", "accept", "diff", "lint", "fixture", "all")
 ROLES = ("auto", "trunk", "mtp", "shared", "dropped")
 
 
@@ -36,7 +36,7 @@ class TensorRule:
     source: str = MISSING
     target: Optional[str] = None  # gguf MODEL_TENSOR name, e.g. NEXTN_EH_PROJ
     targets: List[str] = field(default_factory=list)  # for ops with several outputs
-    suffix: str = "weight"
+    suffix: str = "weight"  # weight | bias | "" (a GGUF name without suffix)
     role: str = "auto"  # auto: trunk below the trunk layer count, mtp from there on
     op: str = "copy"
     params: Dict[str, str] = field(default_factory=dict)  # op parameter -> expression
@@ -88,6 +88,14 @@ class MtpHeadConfig:
 
 
 @dataclass
+class FixtureConfig:
+    """A tiny checkpoint built from the architecture file alone (stage=fixture, fixtures/from_rules.py)."""
+
+    config: Dict[str, Any] = field(default_factory=dict)  # its config.json (vocab_size 2048: the shipped tokenizer)
+    files: Dict[str, str] = field(default_factory=dict)  # source-name prefix -> file (side files); others: model.safetensors
+
+
+@dataclass
 class ArchConfig:
     name: str = MISSING
     gguf_arch: str = MISSING  # gguf MODEL_ARCH name, e.g. DEEPSEEK2
@@ -100,6 +108,8 @@ class ArchConfig:
     metadata: List[MetadataEntry] = field(default_factory=list)
     tensors: List[TensorRule] = field(default_factory=list)
     mtp_head: Optional[MtpHeadConfig] = None  # None: the family's MTP head cannot be run (no acceptance)
+    llamacpp_mtp: bool = True  # llama.cpp's runtime can run this family's MTP head (README "Supported families")
+    fixture: Optional[FixtureConfig] = None
 
 
 @dataclass

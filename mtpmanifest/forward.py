@@ -97,8 +97,8 @@ class ModelForward:
 
     def __init__(self, config: dict, recipe: MtpHeadConfig | None, weights: WeightProvider, *,
                  on_module: ModuleHook | None = None, keep_logits: bool = False):
-        self.family = hf.family_of(config)
-        self.cfg = hf.hf_config(config)
+        self.family = hf.family_of(config, recipe.forward if recipe is not None else None)
+        self.cfg = hf.hf_config(config, self.family)
         self.recipe, self.weights, self.on_module, self.keep_logits = recipe, weights, on_module, keep_logits
         if recipe is not None:
             check_recipe(recipe, "mtp_head")

@@ -7,6 +7,7 @@ device and take the provider's arrays as their parameters (no random init, no co
 """
 from __future__ import annotations
 
+import copy
 import importlib
 import re
 from dataclasses import dataclass
@@ -40,6 +41,8 @@ class Family:
     # (cfg, block, n_trunk) -> (cfg, layer_idx) to build block's decoder layer with: an MTP block that differs
     # from what its index would give (full attention in a hybrid model, a dense MLP in an MoE model)
     layer_config: Callable[[Any, int, int], tuple[Any, int]] = _same_layer
+    # (checkpoint spelling, transformers spelling) replaced in a block parameter's name (ERNIE's moe_statics)
+    renames: tuple[tuple[str, str], ...] = ()
 
     def classes(self) -> dict[str, Any]:
         mod = importlib.import_module(self.module)
@@ -52,27 +55,92 @@ _EXPERT = re.compile(r"^(?P<experts>.*\.experts)\.(?P<xid>\d+)\.(?P<proj>gate_pr
 _BLOCK_PREFIX = re.compile(r"^.*?\.\d+\.")
 
 
+def _mimo_config(config: dict) -> dict:
+    """MiMo-7B has no transformers class of its own: its config.json is a Qwen2 config plus the MTP count."""
+    return {k: v for k, v in config.items() if k not in ("quantization_config", "auto_map", "num_nextn_predict_layers")}
+
+
+def _mimo_layer(cfg, block: int, n_trunk: int):
+    """MiMo's MTP block is a Qwen2 block with full attention (layer_types only covers the trunk)."""
+    if block < n_trunk:
+        return cfg, block
+    cfg = copy.copy(cfg)
+    cfg.layer_types = list(cfg.layer_types[:n_trunk]) + ["full_attention"] * (block + 1 - n_trunk)
+    return cfg, block
+
+
+def _ernie_layer(cfg, block: int, n_trunk: int):
+    """ERNIE-4.5's MTP block is dense (vLLM: a LlamaDecoderLayer of intermediate_size) whatever its index."""
+    if block < n_trunk:
+        return cfg, block
+    cfg = copy.copy(cfg)
+    cfg.moe_layer_start_index = block + 1
+    return cfg, block
+
+
+def _qwen3_next_layer(cfg, block: int, n_trunk: int):
+    from .hf_qwen3_next import layer_config  # full attention + MoE for the MTP block
+
+    return layer_config(cfg, block, n_trunk)
+
+
+def _step3p5_config(config: dict) -> dict:
+    from .hf_step3p5 import config_kwargs  # per-layer lists over trunk + MTP blocks
+
+    return config_kwargs(config)
+
+
+# Step-3.5 checkpoint names -> Step3p7 module names; stacked experts gate_proj + up_proj -> fused gate_up_proj
+_STEP3P5_RENAMES = (("moe.gate.weight", "mlp.gate.weight"), ("moe.router_bias", "mlp.gate.e_score_correction_bias"),
+                    ("moe.gate_proj.weight", "mlp.experts.gate_up_proj"), ("moe.up_proj.weight", "mlp.experts.gate_up_proj"),
+                    ("moe.down_proj.weight", "mlp.experts.down_proj"), ("share_expert.", "mlp.shared_experts."))
+
+
 def families() -> dict[str, Family]:
     """Torch forward per config.json model_type (built per call: no shared mutable registry)."""
     return {
+        # mtpmanifest.hf_qwen3_next: transformers' classes; linear-attention blocks without the 4-D mask and a
+        # plain RMSNorm for the GGUF-space (w + 1) head norms
+        "qwen3_next": Family("mtpmanifest.hf_qwen3_next", "Qwen3NextConfig", "DecoderLayer", "RMSNorm",
+                             "RotaryEmbedding", _EXPERT, layer_config=_qwen3_next_layer),
         "deepseek_v3": Family("transformers.models.deepseek_v3.modeling_deepseek_v3", "DeepseekV3Config",
                               "DeepseekV3DecoderLayer", "DeepseekV3RMSNorm", "DeepseekV3RotaryEmbedding", _EXPERT),
+        # plain Llama blocks: for user families built on them (docs/adding-an-architecture.md)
+        "llama": Family("transformers.models.llama.modeling_llama", "LlamaConfig", "LlamaDecoderLayer", "LlamaRMSNorm",
+                        "LlamaRotaryEmbedding", _EXPERT),
         "glm4_moe": Family("transformers.models.glm4_moe.modeling_glm4_moe", "Glm4MoeConfig",
                            "Glm4MoeDecoderLayer", "Glm4MoeRMSNorm", "Glm4MoeRotaryEmbedding", _EXPERT),
+        "mimo": Family("transformers.models.qwen2.modeling_qwen2", "Qwen2Config", "Qwen2DecoderLayer",
+                       "Qwen2RMSNorm", "Qwen2RotaryEmbedding", _EXPERT, config_kwargs=_mimo_config,
+                       layer_config=_mimo_layer),
+        "ernie4_5_moe": Family("transformers.models.ernie4_5_moe.modeling_ernie4_5_moe", "Ernie4_5_MoeConfig",
+                               "Ernie4_5_MoeDecoderLayer", "Ernie4_5_MoeRMSNorm", "Ernie4_5_MoeRotaryEmbedding",
+                               _EXPERT, layer_config=_ernie_layer,
+                               renames=(("mlp.moe_statics.", "mlp.gate.moe_statics."),)),
+        # mtpmanifest.hf_step3p5: transformers' Step3p7 text decoder over trunk and MTP blocks (one config),
+        # sliding-window masks and per-type rotary, a plain RMSNorm for the GGUF-space (w + 1) norms
+        "step3p5": Family("mtpmanifest.hf_step3p5", "Step3p7TextConfig", "DecoderLayer", "RMSNorm",
+                          "RotaryEmbedding", _EXPERT, config_kwargs=_step3p5_config, renames=_STEP3P5_RENAMES),
     }
 
 
-def family_of(config: dict) -> Family:
-    model_type = config.get("model_type")
+def family_of(config: dict, name: str | None = None) -> Family:
+    """The torch forward called `name` (an arch file's mtp_head.forward), else config.json's model_type's."""
     known = families()
+    if name is not None:
+        if name not in known:
+            raise ConfigError(f"mtp_head.forward: {name!r} is not a torch forward family (known: {', '.join(known)})")
+        return known[name]
+    model_type = config.get("model_type")
     if model_type not in known:
-        raise ConfigError(f"config.json: model_type {model_type!r} has no torch forward (known: {', '.join(known)})")
+        raise ConfigError(f"config.json: model_type {model_type!r} has no torch forward (known: {', '.join(known)}); "
+                          "an architecture file can name one in mtp_head.forward")
     return known[model_type]
 
 
-def hf_config(config: dict):
+def hf_config(config: dict, family: Family | None = None):
     """The transformers config of config.json: float32, eager experts, SDPA attention (explicit masks)."""
-    family = family_of(config)
+    family = family or family_of(config)
     cls = getattr(importlib.import_module(family.module), family.config_class)
     cfg = cls(**family.config_kwargs(config))
     cfg._attn_implementation = "sdpa"
@@ -89,7 +157,10 @@ def module_key(family: Family, source: str, block: int) -> str:
     found = family.fused_experts.match(source)
     if found:
         return found["experts"][prefix.end():] + (".down_proj" if found["proj"] == "down_proj" else ".gate_up_proj")
-    return source[prefix.end():]
+    key = source[prefix.end():]
+    for old, new in family.renames:
+        key = key.replace(old, new)
+    return key
 
 
 def layer_state(family: Family, arrays: dict[str, np.ndarray], block: int) -> dict[str, torch.Tensor]:
@@ -103,7 +174,11 @@ def layer_state(family: Family, arrays: dict[str, np.ndarray], block: int) -> di
             experts.setdefault(module_key(family, source, block).rsplit(".", 1)[0], {}).setdefault(
                 found["proj"], {})[int(found["xid"])] = array
         else:
-            state[module_key(family, source, block)] = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+            key = module_key(family, source, block)
+            if key in state:  # two sources renamed to one parameter (Step-3.5's stacked experts): rows, gate first
+                pair = (state[key].numpy(), array) if "up_proj" in source else (array, state[key].numpy())
+                array = np.concatenate(pair, axis=-2)
+            state[key] = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
     for key, projections in experts.items():
         gate, up, down = (projections.get(p, {}) for p in ("gate_proj", "up_proj", "down_proj"))
         n = len(down)

@@ -35,6 +35,7 @@ class TensorEntry:
     rule: str  # the source pattern that claimed them
     n_bytes: int
     wants_imatrix: bool = False  # quantized with importance weights when an imatrix covers it
+    module: str | None = None  # the torch decoder-layer parameter of its sources ({xid}: the expert), when renamed
 
 
 @dataclass

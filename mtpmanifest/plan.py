@@ -264,6 +264,6 @@ def _entries(rule: CompiledRule, block: int | None, matches: list[Match], values
             name=name, shape=list(reversed(shape)), type="", type_rule="", role=role, block=block,
             mtp_layer=block - n_trunk if role == "mtp" and block is not None else None,
             op=rule.op.name, params=params, output_index=index, sources=sources, scales=scale_names,
-            rule=rule.pattern, n_bytes=0,
+            rule=rule.pattern, n_bytes=0, module=rule.rule.module,
         ))  # type and n_bytes: assign_types, once every tensor is known
     return entries

@@ -45,6 +45,9 @@ class TensorRule:
     optional: bool = False  # a block may lack it
     reason: Optional[str] = None  # why a tensor is dropped (role: dropped)
     mtp_layer: Optional[int] = None  # a tensor without block placeholder that belongs to MTP layer k
+    # the torch forward's decoder-layer parameter (e.g. self_attn.q_proj.weight, mlp.experts.{xid}.up_proj.weight)
+    # when the source name after its block index differs from transformers' name
+    module: Optional[str] = None
 
 
 @dataclass
@@ -84,6 +87,7 @@ class MtpHeadConfig:
     token_shift: int = 1  # MTP layer k (0-based) at row i embeds token t_{i + token_shift + k}
     chain: str = "block_output"  # layer k>0 takes layer k-1's decoder output (block_output) or its final_norm output
     norm_offset: float = 0.0  # the head's RMSNorms scale by (norm_offset + w): 1.0 for zero-centred norms
+    forward: Optional[str] = None  # torch forward family (hf_modules.families()); None: config.json's model_type
     tensors: MtpHeadTensors = field(default_factory=MtpHeadTensors)
 
 

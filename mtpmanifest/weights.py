@@ -3,7 +3,8 @@ decoder layer at a time, read either from the source checkpoint or back from a w
 
 Both speak the same two languages:
 - `array(gguf_name)`: float32 in GGUF space (numpy order = reversed GGML shape), after the op.
-- `hf_layer(block)` / `hf_globals()`: {source tensor name: float32} as the checkpoint names them.
+- `hf_layer(block)` / `hf_globals()`: {source tensor name: float32} as the checkpoint names them (a
+  tensor whose rule names its torch parameter, `module:`, as `renamed.<block>.<module>` instead).
   The source provider reads the checkpoint (FP8 block scales applied). The GGUF provider reads the
   written file, dequantizes it and maps every tensor back through its manifest op's `invert`
   (split_kv_b -> kv_b_proj, stack_experts -> one matrix per expert), so a forward pass on it covers
@@ -24,6 +25,9 @@ from .errors import BadInputError
 from .manifest import Manifest, TensorEntry
 from .ops import op_registry
 from .source import Checkpoint
+
+
+RENAMED = "renamed"  # prefix of hf_name()s made from a rule's module: (stripped like model.layers.N.)
 
 
 class WeightProvider:
@@ -66,8 +70,17 @@ class WeightProvider:
             if entry.name in skip or key in seen:
                 continue
             seen.add(key)
-            out.update(self.hf_arrays(entry))
+            out.update({self.hf_name(entry, s): a for s, a in self.hf_arrays(entry).items()})
         return out
+
+    @staticmethod
+    def hf_name(entry: TensorEntry, source: str) -> str:
+        """The name the torch forward reads a source tensor under: its own, or its rule's `module:`
+        (placed in a block and given its expert) when the family renamed transformers' parameter."""
+        if not entry.module:
+            return source
+        module = entry.module.replace("{xid}", str(entry.sources.index(source)))
+        return f"{RENAMED}.{entry.block}.{module}"
 
     def hf_globals(self) -> dict[str, np.ndarray]:
         return self.hf_layer(None)
@@ -77,7 +90,7 @@ class WeightProvider:
         names: dict[str, list[str]] = defaultdict(list)
         for entry in self.entries_of(block):
             for source in entry.sources:
-                names[source].append(entry.name)
+                names[self.hf_name(entry, source)].append(entry.name)
         return dict(names)
 
 

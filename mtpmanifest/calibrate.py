@@ -53,12 +53,15 @@ class ImportanceCollector:
 
     # -- hooks, registered on every module the forward builds -------------------------------------------------
     def on_module(self, block: int | None, module: nn.Module, names: dict[str, list[str]]) -> None:
+        owned: set[str] = set()  # GGUF tensors a dedicated hook files (MLA's k_b/v_b see other inputs)
         for path, sub in [("", module), *module.named_modules()]:
             prefix = f"{path}." if path else ""
             if isinstance(sub, nn.Linear):
-                targets = names.get(prefix + "weight", [])
-                if len(targets) == 1:  # one GGUF tensor multiplies this module's input
-                    self._handles.append(sub.register_forward_hook(self._linear_hook(targets[0])))
+                # every GGUF tensor made of this module's rows multiplies its input (Qwen3-Next's
+                # in_proj_qkvz -> attn_qkv and attn_gate)
+                for target in names.get(prefix + "weight", []):
+                    if target not in owned:
+                        self._handles.append(sub.register_forward_hook(self._linear_hook(target)))
             elif hasattr(sub, "gate_up_proj") and hasattr(sub, "down_proj"):
                 gate_up = names.get(prefix + "gate_up_proj", [])
                 down = names.get(prefix + "down_proj", [])
@@ -70,6 +73,7 @@ class ImportanceCollector:
                 v_b = next((n for n in split if n.endswith("attn_v_b.weight")), None)
                 if k_b and v_b:
                     self._mla_hooks(sub, k_b, v_b)
+                    owned.update(split)
 
     def _linear_hook(self, name: str):
         def hook(module, inputs, output):

@@ -1,8 +1,10 @@
 """Arithmetic over config.json values, as written in architecture YAML (`hidden_size * 2`).
 
 YAML is data, never code: an expression is parsed with `ast` and only literals, names (config keys,
-dotted for nested objects such as `rope_scaling.factor`), + - * // /, comparisons, and/or/not and
-`A if COND else B` are allowed (in a condition, a key config.json lacks is false). Anything else is a configuration error.
+dotted for nested objects such as `rope_scaling.factor`), + - * // /, comparisons (`in` too), and/or/not,
+`A if COND else B`, indexing a list (`layer_types[bid]`) and the pure functions of FUNCTIONS are allowed (in a
+condition, a key config.json lacks is false; so is an index past the end of a list or into a non-list).
+Anything else is a configuration error.
 """
 from __future__ import annotations
 
@@ -28,7 +30,21 @@ _COMPARE: dict[type, Callable[[Any, Any], bool]] = {
     ast.GtE: operator.ge,
     ast.Eq: operator.eq,
     ast.NotEq: operator.ne,
+    ast.In: lambda a, b: a in b,
+    ast.NotIn: lambda a, b: a not in b,
 }
+
+
+def int_list(value: Any) -> list[int]:
+    """A list of ints from a list or a comma-separated string ("3,4,5", Step-3.5's moe_layers_enum)."""
+    items = value.split(",") if isinstance(value, str) else value
+    try:
+        return [int(i) for i in items if str(i).strip()]
+    except (TypeError, ValueError):
+        raise BadInputError(f"{value!r} is not a list of integers") from None
+
+
+FUNCTIONS: dict[str, Callable[..., Any]] = {"len": len, "min": min, "max": max, "int_list": int_list}
 
 
 class MissingKey(BadInputError):
@@ -48,10 +64,13 @@ def parse(text: str) -> ast.Expression:
     for node in ast.walk(tree):
         allowed = (
             ast.Expression, ast.BinOp, ast.UnaryOp, ast.USub, ast.Not, ast.BoolOp, ast.And, ast.Or,
-            ast.Compare, ast.Constant, ast.Name, ast.Attribute, ast.Load, ast.IfExp,
+            ast.Compare, ast.Constant, ast.Name, ast.Attribute, ast.Load, ast.IfExp, ast.Subscript, ast.Call,
         ) + tuple(_BINARY) + tuple(_COMPARE)
         if not isinstance(node, allowed):
             raise ConfigError(f"expression {text!r}: {type(node).__name__} is not allowed")
+        if isinstance(node, ast.Call) and (node.keywords or not isinstance(node.func, ast.Name)
+                                           or node.func.id not in FUNCTIONS):
+            raise ConfigError(f"expression {text!r}: only {', '.join(FUNCTIONS)} can be called (positional arguments)")
     return tree
 
 
@@ -100,6 +119,14 @@ def _eval(node: ast.AST, values: Mapping[str, Any]) -> Any:
         return _BINARY[type(node.op)](_eval(node.left, values), _eval(node.right, values))
     if isinstance(node, ast.IfExp):
         return _eval(node.body if _eval_condition(node.test, values) else node.orelse, values)
+    if isinstance(node, ast.Subscript):
+        container, index = _eval(node.value, values), _eval(node.slice, values)
+        if not isinstance(container, (list, tuple)) or isinstance(index, bool) or not isinstance(index, int) \
+                or not -len(container) <= index < len(container) or container[index] is None:
+            raise MissingKey(f"{ast.unparse(node)}")
+        return container[index]
+    if isinstance(node, ast.Call):
+        return FUNCTIONS[node.func.id](*(_eval(arg, values) for arg in node.args))
     if isinstance(node, ast.BoolOp):
         # in a condition, a key config.json lacks is simply false ("rope_scaling.type == 'yarn' or ...")
         results = (_eval_condition(v, values) for v in node.values)
@@ -128,10 +155,11 @@ def names_in(text: str | int | float) -> set[str]:
         return set()
     tree = parse(str(text))
     found: set[str] = set()
+    functions = {id(node.func) for node in ast.walk(tree) if isinstance(node, ast.Call)}
     for node in ast.walk(tree):
         if isinstance(node, ast.Attribute):
             found.add(dotted_name(node))
-        elif isinstance(node, ast.Name):
+        elif isinstance(node, ast.Name) and id(node) not in functions:
             found.add(node.id)
     # drop prefixes of dotted names ("rope_scaling" when "rope_scaling.factor" is present)
     return {n for n in found if not any(o != n and o.startswith(n + ".") for o in found)}

@@ -48,14 +48,7 @@ def _coerce(value: Any, type_name: str, where: str) -> Any:
         raise BadInputError(f"{where}: value {value!r} is not a valid {type_name}") from None
 
 
-def resolve_entry(entry: MetadataEntry, values: Mapping[str, Any], arch_name: str, where: str) -> MetadataValue | None:
-    key = key_template(entry.key, where).format(arch=arch_name)
-    if entry.when is not None:
-        try:
-            if not expr.evaluate(entry.when, values):
-                return None
-        except expr.MissingKey:
-            return None
+def _raw(entry: MetadataEntry, values: Mapping[str, Any], key: str) -> Any:
     if entry.value is None:
         raw = entry.const
     else:
@@ -69,16 +62,35 @@ def resolve_entry(entry: MetadataEntry, values: Mapping[str, Any], arch_name: st
         if str(raw) not in entry.map:
             raise BadInputError(f"config.json: {entry.value} = {raw!r} is not one of {sorted(entry.map)} (GGUF key {key})")
         raw = entry.map[str(raw)]
-    return MetadataValue(key=key, type=entry.type, value=_coerce(raw, entry.type, f"GGUF key {key}"))
+    return raw
 
 
-def resolve_metadata(arch: ArchConfig, values: Mapping[str, Any]) -> list[MetadataValue]:
+def resolve_entry(entry: MetadataEntry, values: Mapping[str, Any], arch_name: str, where: str,
+                  n_block: int | None = None) -> MetadataValue | None:
+    """One key; per_block entries become an array over blocks 0..n_block-1 (`bid` bound, `default` where a
+    key or list entry is missing, as llama.cpp's converter pads the per-layer lists it is given)."""
+    key = key_template(entry.key, where).format(arch=arch_name)
+    if entry.when is not None:
+        try:
+            if not expr.evaluate(entry.when, values):
+                return None
+        except expr.MissingKey:
+            return None
+    if entry.per_block:
+        if n_block is None:
+            raise ConfigError(f"{where}: per_block needs the block count")
+        raws = [_raw(entry, {**values, "bid": bid}, key) for bid in range(n_block)]
+        return MetadataValue(key=key, type=entry.type, value=[_coerce(r, entry.type, f"GGUF key {key}") for r in raws])
+    return MetadataValue(key=key, type=entry.type, value=_coerce(_raw(entry, values, key), entry.type, f"GGUF key {key}"))
+
+
+def resolve_metadata(arch: ArchConfig, values: Mapping[str, Any], n_block: int | None = None) -> list[MetadataValue]:
     arch_name = gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH[arch.gguf_arch]]
     resolved = []
     for i, entry in enumerate(arch.metadata):
         if entry.type not in WRITERS:
             raise ConfigError(f"arch/{arch.name}.yaml metadata[{i}]: unknown type '{entry.type}'")
-        item = resolve_entry(entry, values, arch_name, f"arch/{arch.name}.yaml metadata[{i}] ({entry.key})")
+        item = resolve_entry(entry, values, arch_name, f"arch/{arch.name}.yaml metadata[{i}] ({entry.key})", n_block)
         if item is not None:
             resolved.append(item)
     keys = [m.key for m in resolved]
@@ -90,4 +102,7 @@ def resolve_metadata(arch: ArchConfig, values: Mapping[str, Any]) -> list[Metada
 
 def add_to_writer(writer: gguf.GGUFWriter, items: list[MetadataValue]) -> None:
     for item in items:
-        writer.add_key_value(item.key, item.value, WRITERS[item.type])
+        if isinstance(item.value, list):
+            writer.add_key_value(item.key, item.value, gguf.GGUFValueType.ARRAY, sub_type=WRITERS[item.type])
+        else:
+            writer.add_key_value(item.key, item.value, WRITERS[item.type])

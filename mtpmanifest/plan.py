@@ -59,13 +59,17 @@ class _Expectations:
 
     def __init__(self, values: dict[str, Any]):
         self.values = values
-        self._shapes: dict[int, tuple[int, ...]] = {}
+        self._shapes: dict[tuple[int, int | None], tuple[int, ...]] = {}
         self._blocks: dict[tuple[int, int], bool] = {}
 
-    def shape(self, rule: CompiledRule) -> tuple[int, ...]:
-        if rule.index not in self._shapes:
-            self._shapes[rule.index] = tuple(int(expr.evaluate(d, self.values)) for d in rule.rule.shape)
-        return self._shapes[rule.index]
+    def shape(self, rule: CompiledRule, block: int | None = None) -> tuple[int, ...]:
+        """The rule's source shape; `bid` is bound in a block (shapes may differ per block: Step-3.5's
+        sliding-window blocks have more heads)."""
+        key = (rule.index, block)
+        if key not in self._shapes:
+            values = self.values if block is None else {**self.values, "bid": block}
+            self._shapes[key] = tuple(int(expr.evaluate(d, values)) for d in rule.rule.shape)
+        return self._shapes[key]
 
     def in_block(self, rule: CompiledRule, block: int) -> bool:
         key = (rule.index, block)
@@ -86,7 +90,7 @@ def _check_match(m: Match, expect: _Expectations, n_trunk: int, n_block: int, ck
     tensor = ckpt.tensors[m.name]
     values = expect.values
     if rule.shape:
-        expected = expect.shape(m.rule)
+        expected = expect.shape(m.rule, m.block)
         if tensor.shape != expected:
             raise BadInputError(
                 f"{m.name}: shape {list(tensor.shape)} contradicts config.json: expected [{', '.join(rule.shape)}] = {list(expected)}"
@@ -174,6 +178,7 @@ def compile_manifest(arch: ArchConfig, quant: QuantConfig, ckpt: Checkpoint, *, 
             dropped += [{"source": m.name, "reason": rule.rule.reason or "", "rule": rule.pattern} for m in matches]
             continue
         entries += _entries(rule, block, matches, values, n_trunk, ckpt)
+    _check_unique_targets(entries, where)
     if mtp == "drop":
         entries, dropped = _drop_mtp(entries, dropped)
 
@@ -188,7 +193,7 @@ def compile_manifest(arch: ArchConfig, quant: QuantConfig, ckpt: Checkpoint, *, 
         log.warning("optional tensor %s is absent from the checkpoint; llama.cpp falls back to the shared one", name)
 
     mtp_blocks = sorted({e.block for e in entries if e.role == "mtp" and e.block is not None})
-    metadata = resolve_metadata(arch, values)
+    metadata = resolve_metadata(arch, values, n_trunk + len(mtp_blocks))
     assign_types(entries, quant, model_facts(metadata, n_trunk + len(mtp_blocks)))
     apply_mtp_policy(entries, quant)
     counts = {role: sum(e.role == role for e in entries) for role in ("trunk", "mtp", "shared")}
@@ -222,6 +227,15 @@ def compile_manifest(arch: ArchConfig, quant: QuantConfig, ckpt: Checkpoint, *, 
     )
 
 
+def _check_unique_targets(entries: list[TensorEntry], where: str) -> None:
+    first: dict[str, TensorEntry] = {}
+    for entry in entries:
+        if entry.name in first:
+            raise ConfigError(f"{where}: {first[entry.name].sources[0]} and {entry.sources[0]} both become {entry.name} "
+                              f"(rules {first[entry.name].rule} and {entry.rule}); restrict one with `where:` or {{mtp}}/{{nextn}}")
+        first[entry.name] = entry
+
+
 def _drop_mtp(entries: list[TensorEntry], dropped: list[dict[str, str]]) -> tuple[list[TensorEntry], list[dict[str, str]]]:
     gone = [e for e in entries if e.role == "mtp"]
     blocks = sorted({e.block for e in gone})
@@ -235,7 +249,9 @@ def _drop_mtp(entries: list[TensorEntry], dropped: list[dict[str, str]]) -> tupl
 
 def model_facts(metadata, n_layer: int) -> ModelFacts:
     """What llama.cpp's type rules read from the GGUF metadata the manifest will write."""
-    by_suffix = {m.key.split(".", 1)[1]: m.value for m in metadata}
+    # a per-block array counts as its first block's value (llama.cpp's quantizer reads n_gqa() of layer 0)
+    by_suffix = {m.key.split(".", 1)[1]: m.value[0] if isinstance(m.value, list) and m.value else m.value
+                 for m in metadata}
     n_head = by_suffix.get("attention.head_count", 1)
     n_head_kv = by_suffix.get("attention.head_count_kv", n_head) or n_head
     return ModelFacts(n_layer=n_layer, n_expert=max(1, by_suffix.get("expert_count", 1)), n_gqa=n_head // n_head_kv)

@@ -25,6 +25,7 @@ class MetadataEntry:
     map: Dict[str, Any] = field(default_factory=dict)  # config value -> GGUF value
     default: Any = None  # used when the config key is absent
     when: Optional[str] = None  # write only when this config key is present
+    per_block: bool = False  # an array with one value per GGUF block (trunk + MTP layers kept), `bid` bound
 
 
 @dataclass

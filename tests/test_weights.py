@@ -38,6 +38,7 @@ def test_every_op_inverts():
         "copy": ([rng.normal(size=(6, 5))], {}),
         "split_kv_b": ([rng.normal(size=(4 * (3 + 2), 7))], {"n_head": 4, "qk_nope_head_dim": 3, "v_head_dim": 2}),
         "stack_experts": ([rng.normal(size=(3, 5)) for _ in range(4)], {"n_expert": 4}),
+        "swap_halves": ([rng.normal(size=(3, 8))], {}),
     }
     ops = op_registry()
     assert set(cases) == set(ops), "a new op needs an invert and a case here"

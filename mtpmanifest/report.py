@@ -61,7 +61,7 @@ def print_runtime_note(arch: str, gguf_arch: str, manifest: Manifest) -> None:
     if blocks:
         log.warning("llama.cpp cannot run %s MTP heads yet: they are kept as blk.%s.nextn.* + blk.%s.* (README "
                     "\"Supported families\") and validated here, but llama.cpp's %s loader refuses the extra tensors; "
-                    "for a file llama.cpp loads today, write one with mtp=drop", arch, blocks[0], blocks[0], gguf_arch)
+                    "for a file llama.cpp loads today, convert with mtp=drop stage=convert (which verify fails: its MTP head is gone)", arch, blocks[0], blocks[0], gguf_arch)
 
 
 def build(manifest: Manifest, result, paths: dict[str, Path]) -> dict[str, Any]:

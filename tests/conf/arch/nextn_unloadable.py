@@ -1,0 +1,70 @@
+"""Checks shared by the families whose MTP heads llama.cpp's runtime cannot use (mimo, ernie4_5_moe): the GGUF
+keeps the heads under nextn names, llama.cpp refuses such a file, and the same file without the MTP block is
+exactly what llama.cpp runs (its logits equal our torch trunk)."""
+from __future__ import annotations
+
+import gguf
+import numpy as np
+
+from conftest import copy_gguf
+from mtpmanifest.llamacpp import probe
+
+# float32 on both sides: only summation order differs (~1e-6 here); a wrong rope or router moves logits by ~0.1
+LOGIT_ATOL = 1e-3
+
+
+def tensor_data(path) -> dict[str, np.ndarray]:
+    return {t.name: np.array(t.data) for t in gguf.GGUFReader(str(path)).tensors}
+
+
+def arch_of(path) -> str:
+    return gguf.GGUFReader(str(path)).get_field("general.architecture").contents()
+
+
+def trunk_only(path, dst, n_trunk: int):
+    """The GGUF without its MTP blocks: no blk.N (N >= n_trunk), no nextn_predict_layers, block_count n_trunk."""
+    arch = arch_of(path)
+
+    def is_mtp(name: str) -> bool:
+        return name.startswith("blk.") and int(name.split(".")[1]) >= n_trunk
+
+    return copy_gguf(path, dst, drop_tensor=is_mtp, drop_keys=(f"{arch}.nextn_predict_layers",),
+                     set_uint32={f"{arch}.block_count": n_trunk})
+
+
+def llamacpp_refusals(path, tokens) -> dict[bool, str]:
+    """load_mtp -> the loader's error line, for a file llama.cpp must refuse with and without load_mtp."""
+    refusals = {}
+    for load_mtp in (True, False):
+        result = probe(path, tokens, load_mtp=load_mtp, mtp=False)
+        assert not result.ok and result.stage == "model_failed", (load_mtp, result.stage, result.error)
+        refusals[load_mtp] = next(w for w in result.warnings if "error loading model" in w)
+    return refusals
+
+
+def llamacpp_trunk_logits(path, tokens) -> np.ndarray:
+    result = probe(path, tokens, load_mtp=False, mtp=False)
+    assert result.ok, result.error
+    assert result.n_layer_nextn == 0
+    assert [w for w in result.warnings if "unused tensor" in w or "wrong" in w] == []
+    return result.logits
+
+
+def aligned_head_case(specs, config: dict, *, quiet=("o_proj.weight", "down_proj.weight"), seed: int = 0,
+                      tied: bool = False) -> dict[str, np.ndarray]:
+    """Weights on which the MTP head agrees with the trunk by construction (see fixtures/mtp_aligned.py):
+    every block writes almost nothing into the residual stream, every norm is 1, so the trunk's greedy token
+    at j is a function of t_j; the caller sets the head's projection so that it drafts the trunk's token of
+    t_{i+1}. Returns the weights without the projection."""
+    rng = np.random.default_rng(seed)
+    h, v = config["hidden_size"], config["vocab_size"]
+    embed = rng.normal(0.0, 1.0, (v, h)).astype(np.float32)
+    weights = {"model.embed_tokens.weight": embed}
+    if not tied:
+        weights["lm_head.weight"] = rng.normal(0.0, 0.05, (v, h)).astype(np.float32)
+    for name, shape, _, _ in specs:
+        if name.endswith(quiet):
+            weights[name] = rng.normal(0.0, 1e-3, shape).astype(np.float32)
+        elif name.endswith(("norm.weight",)) or "_norm." in name:
+            weights[name] = np.ones(shape, dtype=np.float32)
+    return weights

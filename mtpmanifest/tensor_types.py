@@ -63,8 +63,10 @@ def is_quantized(qtype: GGMLQuantizationType) -> bool:
 
 
 def allows_quantization(name: str, ne: list[int]) -> bool:
-    """llama.cpp quantizes only >= 2-D tensors named *weight, and never norms or routers."""
-    return len(ne) >= 2 and name.endswith("weight") and not any(s in name for s in NEVER_QUANTIZED)
+    """llama.cpp quantizes only >= 2-D tensors named *weight, and never norms or routers. Dimensions are
+    counted as ggml_n_dims does: trailing 1s do not count (Qwen3-Next's ffn_gate_inp_shexp [h, 1] stays F32)."""
+    n_dims = max((i + 1 for i, n in enumerate(ne) if n > 1), default=1)
+    return n_dims >= 2 and name.endswith("weight") and not any(s in name for s in NEVER_QUANTIZED)
 
 
 def category(name: str, tied_embeddings: bool) -> str:

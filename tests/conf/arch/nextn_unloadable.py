@@ -48,23 +48,3 @@ def llamacpp_trunk_logits(path, tokens) -> np.ndarray:
     assert result.n_layer_nextn == 0
     assert [w for w in result.warnings if "unused tensor" in w or "wrong" in w] == []
     return result.logits
-
-
-def aligned_head_case(specs, config: dict, *, quiet=("o_proj.weight", "down_proj.weight"), seed: int = 0,
-                      tied: bool = False) -> dict[str, np.ndarray]:
-    """Weights on which the MTP head agrees with the trunk by construction (see fixtures/mtp_aligned.py):
-    every block writes almost nothing into the residual stream, every norm is 1, so the trunk's greedy token
-    at j is a function of t_j; the caller sets the head's projection so that it drafts the trunk's token of
-    t_{i+1}. Returns the weights without the projection."""
-    rng = np.random.default_rng(seed)
-    h, v = config["hidden_size"], config["vocab_size"]
-    embed = rng.normal(0.0, 1.0, (v, h)).astype(np.float32)
-    weights = {"model.embed_tokens.weight": embed}
-    if not tied:
-        weights["lm_head.weight"] = rng.normal(0.0, 0.05, (v, h)).astype(np.float32)
-    for name, shape, _, _ in specs:
-        if name.endswith(quiet):
-            weights[name] = rng.normal(0.0, 1e-3, shape).astype(np.float32)
-        elif name.endswith(("norm.weight",)) or "_norm." in name:
-            weights[name] = np.ones(shape, dtype=np.float32)
-    return weights

@@ -23,7 +23,8 @@ from mtpmanifest.imatrix import Imatrix
 from mtpmanifest.plan import compile_manifest
 from mtpmanifest.source import Checkpoint
 from mtpmanifest.weights import GGUFWeights, SourceWeights
-from nextn_unloadable import (LOGIT_ATOL, aligned_head_case, llamacpp_refusals, llamacpp_trunk_logits,
+from mtpmanifest.fixtures.mtp_aligned import agreeing_projection, quiet_blocks
+from nextn_unloadable import (LOGIT_ATOL, llamacpp_refusals, llamacpp_trunk_logits,
                               tensor_data, trunk_only)
 
 ARCH = "arch=ernie4_5_moe"
@@ -167,9 +168,8 @@ def aligned_weights(*, beta: float = 0.3) -> dict[str, np.ndarray]:
     """mtp_linear_proj = [I | beta*I] on cat[emb_norm(E[t_{i+1}]), hidden_norm(h_i)]: drafts the trunk's token
     of t_{i+1}. An lm_head of its own (a tied head would mostly predict the input token: acceptance 1.0)."""
     config = {**ernie.TINY_CONFIG, "tie_word_embeddings": False}
-    weights = aligned_head_case(ernie.tensor_specs(config), config)
-    eye = np.eye(H, dtype=np.float32)
-    weights["model.mtp_linear_proj.0.weight"] = np.concatenate([eye, beta * eye], axis=1)
+    weights = quiet_blocks(ernie.tensor_specs(config), config)
+    weights["model.mtp_linear_proj.0.weight"] = agreeing_projection(H, beta)
     return weights
 
 

@@ -25,7 +25,8 @@ from mtpmanifest.imatrix import Imatrix
 from mtpmanifest.plan import compile_manifest
 from mtpmanifest.source import Checkpoint
 from mtpmanifest.weights import GGUFWeights, SourceWeights
-from nextn_unloadable import (LOGIT_ATOL, aligned_head_case, llamacpp_refusals, llamacpp_trunk_logits,
+from mtpmanifest.fixtures.mtp_aligned import agreeing_projection, quiet_blocks
+from nextn_unloadable import (LOGIT_ATOL, llamacpp_refusals, llamacpp_trunk_logits,
                               tensor_data, trunk_only)
 
 ARCH = "arch=mimo"
@@ -183,10 +184,8 @@ def test_llamacpp_refuses_the_file_and_runs_its_trunk(f32_gguf, tmp_path):
 def aligned_weights(*, order: str = "mimo", beta: float = 0.3) -> dict[str, np.ndarray]:
     """MiMo reads input_proj on cat[hidden, embedding]: [beta*I | I] drafts the trunk's token of t_{i+1}.
     order="deepseek" writes [I | beta*I] instead, a head built for the other order (it drafts t_i's)."""
-    weights = aligned_head_case(mimo.tensor_specs(mimo.TINY_CONFIG), mimo.TINY_CONFIG)
-    eye = np.eye(H, dtype=np.float32)
-    weights["model.mtp_layers.0.input_proj.weight"] = np.concatenate(
-        [beta * eye, eye] if order == "mimo" else [eye, beta * eye], axis=1)
+    weights = quiet_blocks(mimo.tensor_specs(mimo.TINY_CONFIG), mimo.TINY_CONFIG)
+    weights["model.mtp_layers.0.input_proj.weight"] = agreeing_projection(H, beta, hidden_first=order == "mimo")
     return weights
 
 

@@ -28,13 +28,13 @@ import os
 import pathlib
 import shutil
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
 import time
 
 from mtpmanifest.demo import DEMO_DIR
+from mtpmanifest.fixtures.checkpoint import write_header_only
 from mtpmanifest.fixtures.deepseek_v3 import TINY_CONFIG, scale_inv_shape, tensor_specs
 
 # The public deepseek-ai/DeepSeek-V3 config.json. TINY_CONFIG lists every key of that file except auto_map.
@@ -153,22 +153,6 @@ def shard_name(index: int, count: int) -> str:
     return f"model-{index + 1:05d}-of-{count:06d}.safetensors"  # the release's 5-of-6-digit spelling
 
 
-def write_header_only_shard(path: pathlib.Path, tensors: list[tuple[str, str, list[int]]]) -> tuple[int, int]:
-    """A safetensors file whose data region is a hole; returns (header bytes incl. the length, data bytes)."""
-    header: dict = {"__metadata__": {"format": "pt"}}
-    position = 0
-    for name, dtype, shape in tensors:
-        size = math.prod(shape) * {"F8_E4M3": 1, "BF16": 2, "F32": 4}[dtype]
-        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [position, position + size]}
-        position += size
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)  # safetensors pads the header to 8 bytes
-    with open(path, "wb") as handle:
-        handle.write(struct.pack("<Q", len(text)) + text)
-        handle.truncate(8 + len(text) + position)  # sparse: no data blocks are allocated
-    return 8 + len(text), position
-
-
 def build(model_dir: pathlib.Path, config: dict, n_shards: int, force: bool = False) -> dict:
     """Write the header-only checkpoint unless a complete build for the same inputs is already there."""
     groups = inventory(config)
@@ -196,7 +180,7 @@ def build(model_dir: pathlib.Path, config: dict, n_shards: int, force: bool = Fa
     for index, shard in enumerate(shards):
         name = shard_name(index, len(shards))
         tensors = [t for members, _ in shard for t in members]
-        head, data = write_header_only_shard(model_dir / name, tensors)
+        head, data = write_header_only(model_dir / name, tensors)
         header_bytes += head
         total_size += data
         files[name] = head + data

@@ -30,6 +30,8 @@ def test_wheel_contents(wheel):
                      "mtpmanifest/demo/tokenizer.json", "mtpmanifest/fixtures/tokenizer-2048.json",
                      "mtpmanifest/kquants/api.py", "mtpmanifest/kquants/q4_k.py"):
         assert required in names
+    shipped = {f"mtpmanifest/conf/arch/{p.name}" for p in (ROOT / "conf" / "arch").glob("*.yaml")}
+    assert len(shipped) >= 7 and shipped <= names  # every family, and arch/auto.yaml
 
 
 def test_installed_wheel_runs_from_anywhere(wheel, tmp_path):
@@ -45,3 +47,8 @@ def test_installed_wheel_runs_from_anywhere(wheel, tmp_path):
     assert str(env_dir) in located.stdout
     assert sorted(p.name for p in work.iterdir()) == ["o"]
     assert sorted(p.name for p in (work / "o").iterdir()) == ["manifest.json"]
+    # a family's fixture from its installed arch file, found again by arch=auto
+    for args in (["arch=mimo", "stage=fixture", "output.dir=ckpt"], ["arch=auto", "model.path=ckpt", "stage=plan", "output.dir=p"]):
+        run = subprocess.run([python, "-m", "mtpmanifest", *args], cwd=work, capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
+    assert "-> arch=mimo" in run.stdout

@@ -142,6 +142,11 @@ def _eval(node: ast.AST, values: Mapping[str, Any]) -> Any:
     raise ConfigError(f"unsupported expression node {type(node).__name__}")
 
 
+def holds(text: str, values: Mapping[str, Any]) -> bool:
+    """A condition (`when:`, `where:`, `reject:`): a key config.json lacks makes it false, not an error."""
+    return _eval_condition(parse(str(text)).body, values)
+
+
 def _eval_condition(node: ast.AST, values: Mapping[str, Any]) -> bool:
     try:
         return bool(_eval(node, values))

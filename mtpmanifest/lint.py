@@ -87,6 +87,7 @@ def _arch_semantics(data: dict[str, Any], where: str) -> list[str]:
         errors += _check_expressions([entry.get("value"), entry.get("when")], at)
     errors += _check_expressions((data.get("derived") or {}).values(), f"{where}: derived")
     errors += _check_expressions((data.get("layers") or {}).values(), f"{where}: layers")
+    errors += _check_expressions([r.get("when") for r in data.get("reject") or []], f"{where}: reject")
     errors += lint_recipe(data.get("mtp_head"), where)
     return errors
 

@@ -132,6 +132,10 @@ def compile_manifest(arch: ArchConfig, quant: QuantConfig, ckpt: Checkpoint, *, 
         raise ConfigError(f"{where}: gguf_arch '{arch.gguf_arch}' is not a gguf MODEL_ARCH name")
     ops = op_registry()
     values = config_values(arch, ckpt.config)
+    for rejected in arch.reject:
+        if expr.holds(rejected.when, values):
+            raise BadInputError(f"{ckpt.path / 'config.json'}: {rejected.reason} ({rejected.when}): {where} does not "
+                                "convert it, and a file without it would silently differ from the model")
     n_trunk = _layer_count(arch.layers.trunk, values, "trunk")
     rules = compile_rules(arch.tensors, ops, where, n_trunk)
 

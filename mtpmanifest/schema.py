@@ -101,6 +101,15 @@ class FixtureConfig:
 
 
 @dataclass
+class RejectRule:
+    """A config.json feature the architecture file does not convert: the run stops instead of writing a
+    file that silently differs from the model (RoPE scaling the GGUF keys cannot express, …)."""
+
+    when: str = MISSING  # condition over config.json (a missing key is false)
+    reason: str = MISSING
+
+
+@dataclass
 class ArchConfig:
     name: str = MISSING
     gguf_arch: str = MISSING  # gguf MODEL_ARCH name, e.g. DEEPSEEK2
@@ -113,6 +122,7 @@ class ArchConfig:
     metadata: List[MetadataEntry] = field(default_factory=list)
     tensors: List[TensorRule] = field(default_factory=list)
     mtp_head: Optional[MtpHeadConfig] = None  # None: the family's MTP head cannot be run (no acceptance)
+    reject: List[RejectRule] = field(default_factory=list)
     llamacpp_mtp: bool = True  # llama.cpp's runtime can run this family's MTP head (README "Supported families")
     fixture: Optional[FixtureConfig] = None
 

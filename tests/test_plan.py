@@ -178,3 +178,11 @@ def test_softmax_router_maps_to_gating_func_1(fresh_ckpt):
     edit_config(fresh_ckpt, scoring_func="tanh")
     with pytest.raises(BadInputError, match="scoring_func = 'tanh' is not one of"):
         plan(fresh_ckpt)
+
+
+@pytest.mark.parametrize("rope_scaling", [{"type": "linear", "factor": 4.0}, {"rope_type": "dynamic", "factor": 2.0}])
+def test_unconverted_config_feature_is_rejected(fresh_ckpt, rope_scaling):
+    """A RoPE scaling the GGUF keys of arch/deepseek_v3.yaml cannot express stops the run (no silent drop)."""
+    edit_config(fresh_ckpt, rope_scaling=rope_scaling)
+    with pytest.raises(BadInputError, match=r"config.json: RoPE scaling other than YaRN is not converted \(rope_scaling"):
+        plan(fresh_ckpt)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+import re
+
 import gguf
 
 from . import expr
@@ -19,8 +21,20 @@ WRITERS = {
 }
 
 
+def _known_templates() -> set[str]:
+    return {v for group in vars(gguf.Keys).values() if isinstance(group, type)
+            for v in vars(group).values() if isinstance(v, str)}
+
+
 def key_template(path: str, where: str) -> str:
-    """`LLM.BLOCK_COUNT` -> gguf.Keys.LLM.BLOCK_COUNT ("{arch}.block_count")."""
+    """`LLM.BLOCK_COUNT` -> gguf.Keys.LLM.BLOCK_COUNT ("{arch}.block_count"). A key newer than the installed
+    gguf-py is spelled out as "{arch}.<name>" — only while gguf.Keys has no constant for it."""
+    if path.startswith("{arch}."):
+        if not re.fullmatch(r"\{arch\}(\.[a-z0-9_]+)+", path):
+            raise ConfigError(f"{where}: '{path}' is not a GGUF key ({{arch}}.lower_case.names)")
+        if path in _known_templates():
+            raise ConfigError(f"{where}: '{path}' is a gguf.Keys constant: use its name (e.g. LLM.BLOCK_COUNT)")
+        return path
     group, _, name = path.partition(".")
     template = getattr(getattr(gguf.Keys, group, None), name, None)
     if not isinstance(template, str):

@@ -41,17 +41,14 @@ LOGIT_ATOL = 1e-3
 # for two value heads, two shards with the MTP module alone in the second.
 DECLARED = {**q3n.TINY_CONFIG, "full_attention_interval": 2, "num_nextn_predict_layers": 1, "hidden_size": 128,
             "linear_num_key_heads": 1, "linear_num_value_heads": 2, "num_experts": 4}
-# What differs from llama.cpp's converter, and why.
-RECURRENT_LAYERS = "qwen3next.attention.recurrent_layers"  # a bool per block; the installed gguf has no key
-# for it, and llama.cpp derives the same from full_attention_interval when it is absent (both files load and
-# agree below)
+# What differs from llama.cpp's converter, and why. Its converter reads hparams through AutoConfig.to_dict(),
+# where Qwen3NextConfig has turned full_attention_interval into layer_types: it writes its default 4, harmless
+# only because it also writes attention.recurrent_layers (as we do), which llama.cpp's loader prefers.
 JUSTIFIED = {
-    "tiny": [f"key only in llama.cpp's: {RECURRENT_LAYERS} = (True, True, True, False, False)"],
-    # llama.cpp's converter reads hparams through AutoConfig.to_dict(), where Qwen3NextConfig has turned
-    # full_attention_interval into layer_types: it writes its default 4, harmless only thanks to recurrent_layers
-    "declared": [f"key only in llama.cpp's: {RECURRENT_LAYERS} = (True, False, True, False, False)",
-                 "value of qwen3next.full_attention_interval: ours 2, llama.cpp's 4"],
+    "tiny": [],
+    "declared": ["value of qwen3next.full_attention_interval: ours 2, llama.cpp's 4"],
 }
+
 MTP_GGUF = sorted(f"blk.{MTP}.{n}.weight" for n in (
     "nextn.eh_proj", "nextn.enorm", "nextn.hnorm", "nextn.shared_head_norm", "attn_norm", "post_attention_norm",
     "attn_q", "attn_k", "attn_v", "attn_output", "attn_q_norm", "attn_k_norm", "ffn_gate_inp", "ffn_gate_inp_shexp",

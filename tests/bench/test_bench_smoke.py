@@ -86,3 +86,9 @@ def test_quantize_file_smoke(tmp_path):
 def test_kquant_speed_smoke(tmp_path):
     proc = run_script("kquant_speed.py", "--shapes", "64x512", "--types", "Q4_K,Q8_0", "--repeat", "1", cwd=tmp_path)
     assert "Q4_K" in proc.stdout and "Q8_0" in proc.stdout
+
+
+def test_plan_families_runs(tmp_path):
+    proc = run_script("plan_families.py", "--only", "mimo", "--runs", "1", cwd=tmp_path)
+    row = table_row(proc.stdout, "MiMo-7B-RL")
+    assert row[0] == "mimo" and row[1] == "451" and row[-1] == "PASS"

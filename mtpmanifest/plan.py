@@ -16,6 +16,7 @@ from .errors import BadInputError, ConfigError
 from .manifest import Manifest, TensorEntry
 from .metadata import resolve_metadata
 from .ops import op_registry
+from .expectations import Expectations, candidate_blocks, check_match, expected_blocks
 from .rules import CompiledRule, Match, compile_rules, match_all
 from .schema import ArchConfig, QuantConfig
 from .source import Checkpoint
@@ -51,68 +52,6 @@ def _layer_count(text: str, values: dict[str, Any], what: str) -> int:
     if isinstance(count, bool) or not isinstance(count, int) or count < 0:
         raise BadInputError(f"config.json: {what} layer count {text} = {count!r} is not a non-negative integer")
     return count
-
-
-class _Expectations:
-    """What config.json implies for a rule: its source shape and the blocks that have it (cached,
-    since a full-size checkpoint asks for the same few answers ~100k times)."""
-
-    def __init__(self, values: dict[str, Any]):
-        self.values = values
-        self._shapes: dict[tuple[int, int | None], tuple[int, ...]] = {}
-        self._blocks: dict[tuple[int, int], bool] = {}
-
-    def shape(self, rule: CompiledRule, block: int | None = None) -> tuple[int, ...]:
-        """The rule's source shape; `bid` is bound in a block (shapes may differ per block: Step-3.5's
-        sliding-window blocks have more heads)."""
-        key = (rule.index, block)
-        if key not in self._shapes:
-            values = self.values if block is None else {**self.values, "bid": block}
-            self._shapes[key] = tuple(int(expr.evaluate(d, values)) for d in rule.rule.shape)
-        return self._shapes[key]
-
-    def in_block(self, rule: CompiledRule, block: int) -> bool:
-        key = (rule.index, block)
-        if key not in self._blocks:
-            self._blocks[key] = not rule.rule.where or bool(expr.evaluate(rule.rule.where, {**self.values, "bid": block}))
-        return self._blocks[key]
-
-
-def _check_match(m: Match, expect: _Expectations, n_trunk: int, n_block: int, ckpt: Checkpoint) -> None:
-    rule = m.rule.rule
-    if m.block is not None:
-        if m.block >= n_block:
-            raise BadInputError(f"{m.name}: block {m.block} is beyond the {n_trunk} trunk + {n_block - n_trunk} MTP layers config.json declares")
-        if m.rule.mtp_only and m.block < n_trunk:
-            raise BadInputError(f"{m.name}: MTP tensor in trunk block {m.block} (num trunk layers {n_trunk})")
-        if not expect.in_block(m.rule, m.block):
-            raise BadInputError(f"{m.name}: not expected in block {m.block} by config.json ({rule.where} is false)")
-    tensor = ckpt.tensors[m.name]
-    values = expect.values
-    if rule.shape:
-        expected = expect.shape(m.rule, m.block)
-        if tensor.shape != expected:
-            raise BadInputError(
-                f"{m.name}: shape {list(tensor.shape)} contradicts config.json: expected [{', '.join(rule.shape)}] = {list(expected)}"
-            )
-    if tensor.dtype == "F8_E4M3" and values.get("quantization_config", {}).get("quant_method") != "fp8":
-        raise BadInputError(f"{m.name}: dtype F8_E4M3 but config.json declares no quantization_config with quant_method fp8")
-
-
-def _expected(rule: CompiledRule, expect: _Expectations, n_trunk: int, n_block: int) -> list[int | None]:
-    """Blocks in which `rule` must find a tensor (None: a tensor outside blocks)."""
-    if rule.rule.optional or rule.rule.role == "dropped":
-        return []
-    return [b for b in _candidate_blocks(rule, n_trunk, n_block) if b is None or expect.in_block(rule, b)]
-
-
-def _candidate_blocks(rule: CompiledRule, n_trunk: int, n_block: int) -> list[int | None]:
-    """Blocks a rule can claim a tensor in (None: a tensor outside blocks)."""
-    if rule.fixed_block is not None:
-        return [rule.fixed_block] if rule.fixed_block < n_block else []
-    if rule.block_placeholder is None:
-        return [None]
-    return list(range(n_trunk, n_block) if rule.mtp_only else range(n_block))
 
 
 def _role(rule: CompiledRule, block: int | None, n_trunk: int) -> str:
@@ -151,10 +90,10 @@ def compile_manifest(arch: ArchConfig, quant: QuantConfig, ckpt: Checkpoint, *, 
     if unclaimed:
         raise BadInputError(f"{len(unclaimed)} source tensor(s) claimed by no rule of {where}: {_listing(unclaimed)}", unclaimed)
 
-    expect = _Expectations(values)
+    expect = Expectations(values)
     groups: dict[tuple[int, int | None, str], list[Match]] = defaultdict(list)
     for m in claims.values():
-        _check_match(m, expect, n_trunk, n_block, ckpt)
+        check_match(m, expect, n_trunk, n_block, ckpt)
         key_name = "" if m.rule.op.many_inputs else m.name
         groups[(m.rule.index, m.block, key_name)].append(m)
 
@@ -167,7 +106,7 @@ def compile_manifest(arch: ArchConfig, quant: QuantConfig, ckpt: Checkpoint, *, 
     missing = [
         rule.target_names(block)[0] if rule.kinds else rule.pattern
         for rule in rules
-        for block in _expected(rule, expect, n_trunk, n_block)
+        for block in expected_blocks(rule, expect, n_trunk, n_block)
         if (rule.index, block) not in found and not (stripped and block is not None and block >= n_trunk)
     ]
     if missing:
@@ -190,7 +129,7 @@ def compile_manifest(arch: ArchConfig, quant: QuantConfig, ckpt: Checkpoint, *, 
         rule.target_names(block)[0]
         for rule in rules
         if rule.rule.optional and rule.kinds and (rule.mtp_only or rule.block_placeholder is None)
-        for block in _candidate_blocks(rule, n_trunk, 0 if stripped else n_block)
+        for block in candidate_blocks(rule, n_trunk, 0 if stripped else n_block)
         if (rule.index, block) not in found
     ]
     for name in optional_absent:

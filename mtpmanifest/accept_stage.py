@@ -9,11 +9,12 @@ import logging
 from pathlib import Path
 
 from . import accept
-from .errors import BadInputError, ConfigError
+from .errors import ConfigError
 from .forward import ModelForward
 from .manifest import Manifest
 from .schema import AcceptConfig, ArchConfig
 from .source import Checkpoint
+from .text_tokens import encode_text
 from .weights import GGUFWeights, SourceWeights
 
 log = logging.getLogger(__name__)
@@ -36,17 +37,13 @@ def heldout_path(cfg: AcceptConfig) -> Path | None:
 
 
 def heldout_tokens(path: Path, ckpt: Checkpoint, max_tokens: int) -> list[int]:
-    """The text in the checkpoint's own tokenizer (tokenizer.json, with its special tokens: BOS first)."""
-    from tokenizers import Tokenizer
-
-    tokenizer_file = ckpt.path / "tokenizer.json"
-    if not tokenizer_file.is_file():
-        raise BadInputError(f"{tokenizer_file}: missing; MTP acceptance needs the model's tokenizer")
+    """The text in the checkpoint's own tokenizer (tokenizer.json or tokenizer.model, with its special tokens:
+    BOS first where it adds one)."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"accept.text {path}: cannot read UTF-8 text: {exc}") from None
-    tokens = Tokenizer.from_file(str(tokenizer_file)).encode(text).ids[:max_tokens]
+    tokens = encode_text(ckpt.path, text, special=True, purpose="MTP acceptance")[:max_tokens]
     if len(tokens) < MIN_TOKENS:
         raise ConfigError(f"accept.text {path}: {len(tokens)} tokens; acceptance needs at least {MIN_TOKENS}")
     return tokens

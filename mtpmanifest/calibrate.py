@@ -139,9 +139,9 @@ def corpus_text(cfg: AppConfig) -> tuple[str, list[str]]:
 
 def calibration_samples(text: str, ckpt: Checkpoint, samples: int, seq_len: int, seed: int) -> list[list[int]]:
     """`samples` windows of seq_len tokens at seeded random offsets, BOS first when the model has one."""
-    from tokenizers import Tokenizer
+    from .text_tokens import encode_text
 
-    ids = Tokenizer.from_file(str(ckpt.path / "tokenizer.json")).encode(text, add_special_tokens=False).ids
+    ids = encode_text(ckpt.path, text, special=False, purpose="calibration")
     bos = ckpt.config.get("bos_token_id")
     body = seq_len - (bos is not None)
     if len(ids) < body + 1:

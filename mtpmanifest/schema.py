@@ -59,7 +59,7 @@ class LayerCounts:
 
 @dataclass
 class VocabConfig:
-    model: str = "gpt2"  # tokenizer.ggml.model
+    model: str = "gpt2"  # tokenizer.ggml.model: gpt2 (BPE tokenizer.json) or llama (SentencePiece tokenizer.model)
     pre: str = MISSING  # tokenizer.ggml.pre (llama.cpp pre-tokenizer name)
 
 

@@ -1,4 +1,6 @@
-"""The GGUF vocabulary (tokenizer.ggml.*) from a Hugging Face BPE tokenizer.json."""
+"""The GGUF vocabulary (tokenizer.ggml.*): from a Hugging Face BPE tokenizer.json (arch `vocab.model: gpt2`)
+or a SentencePiece tokenizer.model (`vocab.model: llama`, e.g. the ERNIE-4.5 releases), as llama.cpp's
+converter writes them."""
 from __future__ import annotations
 
 import json
@@ -7,7 +9,7 @@ from pathlib import Path
 
 import gguf
 
-from .errors import BadInputError
+from .errors import BadInputError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,21 @@ def read_tokens(model_dir: Path, n_vocab: int) -> tuple[list[str], list[int]]:
 
 
 def add_vocab(writer: gguf.GGUFWriter, model_dir: Path, model: str, pre: str, n_vocab: int) -> None:
+    if model == "llama":
+        from .vocab_spm import read_sentencepiece
+
+        spm = read_sentencepiece(Path(model_dir), n_vocab)
+        writer.add_tokenizer_model(model)
+        writer.add_tokenizer_pre(pre)
+        writer.add_token_list(spm.tokens)
+        writer.add_token_scores(spm.scores)
+        writer.add_token_types(spm.types)
+        if spm.add_space_prefix is not None:
+            writer.add_add_space_prefix(spm.add_space_prefix)
+        gguf.SpecialVocab(model_dir, load_merges=False, n_vocab=n_vocab).add_to_gguf(writer, quiet=True)
+        return
+    if model != "gpt2":
+        raise ConfigError(f"vocab.model={model!r}: only gpt2 (tokenizer.json) and llama (tokenizer.model)")
     tokens, types = read_tokens(model_dir, n_vocab)
     writer.add_tokenizer_model(model)
     writer.add_tokenizer_pre(pre)

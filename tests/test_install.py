@@ -28,6 +28,7 @@ def test_wheel_contents(wheel):
                      "mtpmanifest/schemas/manifest.schema.json", "mtpmanifest/schemas/tensor-manifest.schema.json",
                      "mtpmanifest/schemas/arch.schema.json", "mtpmanifest/demo/model.safetensors",
                      "mtpmanifest/demo/tokenizer.json", "mtpmanifest/fixtures/tokenizer-2048.json",
+                     "mtpmanifest/fixtures/sentencepiece-2048.model",
                      "mtpmanifest/kquants/api.py", "mtpmanifest/kquants/q4_k.py"):
         assert required in names
     shipped = {f"mtpmanifest/conf/arch/{p.name}" for p in (ROOT / "conf" / "arch").glob("*.yaml")}

@@ -5,13 +5,14 @@ exactly what that converter writes plus the MTP block under nextn names; llama.c
 transformers' Ernie4_5_MoeForCausalLM and its own MtpModel (dense MTP block, the trunk's norm as post-norm)."""
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
 import torch
+from functools import partial
 
 from conftest import compose_cfg
+from family_run import calibrated_run, forward_logits, manifest_of as family_manifest
 from llamacpp_convert import convert_with_llamacpp, gguf_layout, layout_differences
 from mtpmanifest import pipeline
 from mtpmanifest.convert import convert
@@ -19,10 +20,7 @@ from mtpmanifest.errors import VerificationError
 from mtpmanifest.fixtures import ernie4_5_moe as ernie
 from mtpmanifest.fixtures.from_rules import rule_specs
 from mtpmanifest.forward import ModelForward
-from mtpmanifest.imatrix import Imatrix
-from mtpmanifest.plan import compile_manifest
-from mtpmanifest.source import Checkpoint
-from mtpmanifest.weights import GGUFWeights, SourceWeights
+from mtpmanifest.weights import GGUFWeights
 from mtpmanifest.fixtures.mtp_aligned import agreeing_projection, quiet_blocks
 from nextn_unloadable import (LOGIT_ATOL, llamacpp_refusals, llamacpp_trunk_logits,
                               tensor_data, trunk_only)
@@ -38,10 +36,7 @@ VARIANTS = {"tied": True, "lm_head": False}  # -> tie_word_embeddings
 NOT_ARCHITECTURE = ("architectures", "num_nextn_predict_layers", "torch_dtype", "use_cache")  # None/True in the defaults
 
 
-def manifest_of(ckpt_dir, quant="f32", *overrides):
-    cfg = compose_cfg(ARCH, f"quant={quant}", *overrides)
-    ckpt = Checkpoint.open(ckpt_dir)
-    return cfg, compile_manifest(cfg.arch, cfg.quant, ckpt), ckpt
+manifest_of = partial(family_manifest, ARCH)
 
 
 @pytest.fixture(scope="module", params=list(VARIANTS))
@@ -141,12 +136,8 @@ def _transformers_reference(ckpt_dir, tokens) -> tuple[np.ndarray, np.ndarray]:
 def test_torch_trunk_and_head_equal_transformers(f32_gguf, random_ckpt):
     cfg, manifest, ckpt, path = f32_gguf
     trunk_ref, mtp_ref = _transformers_reference(random_ckpt, TOKENS)
-    for weights in (SourceWeights(manifest, ckpt), GGUFWeights(manifest, path)):
-        forward = ModelForward(ckpt.config, cfg.arch.mtp_head, weights, keep_logits=True)
-        trunk = forward.trunk(TOKENS)
-        (mtp,) = forward.mtp(trunk)
-        assert np.abs(trunk.scores.logits[0] - trunk_ref).max() < 1e-4
-        assert np.abs(mtp.scores.logits[0] - mtp_ref).max() < 1e-4
+    for trunk, mtp in forward_logits(cfg, manifest, ckpt, path, TOKENS):
+        assert np.abs(trunk - trunk_ref).max() < 1e-4 and np.abs(mtp - mtp_ref).max() < 1e-4
 
 
 def test_llamacpp_refuses_the_file_and_runs_its_trunk(f32_gguf, tmp_path):
@@ -178,13 +169,7 @@ def test_quantized_keeps_a_working_head(quant, tmp_path):
     """Calibrated (the imatrix covers the MTP layer), converted, verified: acceptance is retained."""
     ckpt = ernie.write_checkpoint(tmp_path / "ckpt", weights=aligned_weights(), tie_word_embeddings=False)
     out = tmp_path / "out"
-    cfg = compose_cfg(ARCH, f"quant={quant}", f"model.path={ckpt}", f"output.dir={out}", "calib.enabled=true",
-                      "calib.samples=2", "calib.seq_len=32", "accept.max_tokens=256", "accept.llamacpp=false")
-    record = pipeline.run(cfg, progress=False)
-    assert record["exit_code"] == 0
-    manifest = json.loads((out / "manifest.json").read_text())
-    wanted = {t["name"] for t in manifest["tensors"] if t["wants_imatrix"]}
-    entries = set(Imatrix.read(out / "imatrix.gguf").entries)
+    record, entries, wanted = calibrated_run(ARCH, ckpt, out, quant, "accept.llamacpp=false", seq_len=32, max_tokens=256)
     assert wanted <= entries and {f"blk.{N}.nextn.eh_proj.weight", f"blk.{N}.ffn_down.weight"} <= entries
     acc = record["mtp_acceptance"]
     print(f"ernie4_5_moe {quant}: acceptance source {acc['source'][0]:.3f} output {acc['output'][0]:.3f}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from functools import partial
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ import torch
 from safetensors import safe_open
 
 from conftest import compose_cfg
+from family_run import calibrated_run, manifest_of as family_manifest
 from llamacpp_convert import convert_many_with_llamacpp, gguf_layout, layout_differences
 from mtpmanifest import pipeline
 from mtpmanifest.accept_stage import heldout_tokens
@@ -22,9 +24,7 @@ from mtpmanifest.errors import VerificationError
 from mtpmanifest.fixtures import glm4_moe as glm
 from mtpmanifest.fixtures.hf_reference import hf_state_dict
 from mtpmanifest.forward import ModelForward
-from mtpmanifest.imatrix import Imatrix
 from mtpmanifest.llamacpp import probe
-from mtpmanifest.plan import compile_manifest
 from mtpmanifest.source import Checkpoint
 from mtpmanifest.weights import GGUFWeights
 
@@ -37,10 +37,7 @@ BAD_LOAD_WORDS = ("unused tensor", "wrong number of tensors", "not found", "wron
 LOGIT_ATOL = 1e-3
 
 
-def manifest_of(ckpt_dir, quant="f32", *overrides):
-    cfg = compose_cfg(ARCH, f"quant={quant}", *overrides)
-    ckpt = Checkpoint.open(ckpt_dir)
-    return cfg, compile_manifest(cfg.arch, cfg.quant, ckpt), ckpt
+manifest_of = partial(family_manifest, ARCH)
 
 
 @pytest.fixture(scope="module", params=list(VARIANTS))
@@ -186,13 +183,7 @@ def test_quantized_keeps_a_working_head(variant, quant, tmp_path):
     copies = VARIANTS[variant]
     ckpt = glm.write_checkpoint(tmp_path / "ckpt", weights=glm.aligned_weights(mtp_copies=copies), mtp_copies=copies)
     out = tmp_path / "out"
-    cfg = compose_cfg(ARCH, f"quant={quant}", f"model.path={ckpt}", f"output.dir={out}", "calib.enabled=true",
-                      "calib.samples=2", "calib.seq_len=64", "accept.max_tokens=512", "accept.llamacpp_tokens=256")
-    record = pipeline.run(cfg, progress=False)
-    assert record["exit_code"] == 0
-    manifest = json.loads((out / "manifest.json").read_text())
-    wanted = {t["name"] for t in manifest["tensors"] if t["wants_imatrix"]}
-    entries = set(Imatrix.read(out / "imatrix.gguf").entries)
+    record, entries, wanted = calibrated_run(ARCH, ckpt, out, quant, "accept.llamacpp_tokens=256")
     assert wanted <= entries and f"blk.{MTP}.nextn.eh_proj.weight" in entries
     assert f"blk.{MTP}.ffn_down_exps.weight" in entries
     acc = record["mtp_acceptance"]

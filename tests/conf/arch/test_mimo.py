@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import copy
 import json
+from functools import partial
 
 import numpy as np
 import pytest
 import torch
 
 from conftest import compose_cfg
+from family_run import calibrated_run, forward_logits, manifest_of as family_manifest
 from llamacpp_convert import convert_with_llamacpp, gguf_layout, layout_differences
 from mtpmanifest import pipeline
 from mtpmanifest.convert import convert
@@ -21,8 +23,6 @@ from mtpmanifest.errors import VerificationError
 from mtpmanifest.fixtures import mimo
 from mtpmanifest.fixtures.from_rules import rule_specs
 from mtpmanifest.forward import ModelForward
-from mtpmanifest.imatrix import Imatrix
-from mtpmanifest.plan import compile_manifest
 from mtpmanifest.source import Checkpoint
 from mtpmanifest.weights import GGUFWeights, SourceWeights
 from mtpmanifest.fixtures.mtp_aligned import agreeing_projection, quiet_blocks
@@ -39,10 +39,7 @@ NEXTN = {f"blk.{N}.nextn.{t}.weight" for t in ("eh_proj", "enorm", "hnorm", "sha
 TOKENS = np.random.default_rng(1).integers(2, mimo.TINY_CONFIG["vocab_size"], 40).tolist()
 
 
-def manifest_of(ckpt_dir, quant="f32", *overrides):
-    cfg = compose_cfg(ARCH, f"quant={quant}", *overrides)
-    ckpt = Checkpoint.open(ckpt_dir)
-    return cfg, compile_manifest(cfg.arch, cfg.quant, ckpt), ckpt
+manifest_of = partial(family_manifest, ARCH)
 
 
 @pytest.fixture(scope="module")
@@ -158,12 +155,8 @@ def _transformers_reference(ckpt: Checkpoint, tokens) -> tuple[np.ndarray, np.nd
 def test_torch_trunk_and_head_equal_transformers(f32_gguf):
     cfg, manifest, ckpt, path = f32_gguf
     trunk_ref, mtp_ref = _transformers_reference(ckpt, TOKENS)
-    for weights in (SourceWeights(manifest, ckpt), GGUFWeights(manifest, path)):
-        forward = ModelForward(ckpt.config, cfg.arch.mtp_head, weights, keep_logits=True)
-        trunk = forward.trunk(TOKENS)
-        (mtp,) = forward.mtp(trunk)
-        assert np.abs(trunk.scores.logits[0] - trunk_ref).max() < 1e-4
-        assert np.abs(mtp.scores.logits[0] - mtp_ref).max() < 1e-4
+    for trunk, mtp in forward_logits(cfg, manifest, ckpt, path, TOKENS):
+        assert np.abs(trunk - trunk_ref).max() < 1e-4 and np.abs(mtp - mtp_ref).max() < 1e-4
 
 
 def test_llamacpp_refuses_the_file_and_runs_its_trunk(f32_gguf, tmp_path):
@@ -195,17 +188,11 @@ def test_quantized_keeps_a_working_head(quant, tmp_path):
     read in DeepSeek's concat order would agree far less: the reversed order is what makes it work."""
     ckpt = mimo.write_checkpoint(tmp_path / "ckpt", weights=aligned_weights())
     out = tmp_path / "out"
-    cfg = compose_cfg(ARCH, f"quant={quant}", f"model.path={ckpt}", f"output.dir={out}", "calib.enabled=true",
-                      "calib.samples=2", "calib.seq_len=64", "accept.max_tokens=512", "accept.llamacpp=false")
-    record = pipeline.run(cfg, progress=False)
-    assert record["exit_code"] == 0
-    manifest = json.loads((out / "manifest.json").read_text())
-    wanted = {t["name"] for t in manifest["tensors"] if t["wants_imatrix"]}
-    entries = set(Imatrix.read(out / "imatrix.gguf").entries)
+    record, entries, wanted = calibrated_run(ARCH, ckpt, out, quant, "accept.llamacpp=false")
     assert wanted <= entries and {f"blk.{N}.nextn.eh_proj.weight", f"blk.{N}.ffn_down.weight"} <= entries
     acc = record["mtp_acceptance"]
-    _, wrong_manifest, wrong = manifest_of(mimo.write_checkpoint(tmp_path / "wrong", weights=aligned_weights(order="deepseek")))
-    forward = ModelForward(wrong.config, cfg.arch.mtp_head, SourceWeights(wrong_manifest, wrong))
+    wrong_cfg, wrong_manifest, wrong = manifest_of(mimo.write_checkpoint(tmp_path / "wrong", weights=aligned_weights(order="deepseek")))
+    forward = ModelForward(wrong.config, wrong_cfg.arch.mtp_head, SourceWeights(wrong_manifest, wrong))
     trunk = forward.trunk(TOKENS)
     (mtp,) = forward.mtp(trunk)
     wrong_acc = float((mtp.scores.argmax[0] == trunk.scores.argmax[0][1:]).mean())  # row i vs the trunk at i+1

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from functools import partial
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import compose_cfg, run_cli
+from family_run import manifest_of as family_manifest
 from llamacpp_convert import convert_with_llamacpp, gguf_layout, layout_differences
 from llama_quantize import llama_quantize, tensor_table
 from mtpmanifest import pipeline
@@ -27,7 +29,6 @@ from mtpmanifest.forward import ModelForward
 from mtpmanifest.imatrix import Imatrix
 from mtpmanifest.llamacpp import probe
 from mtpmanifest.ops import op_registry
-from mtpmanifest.plan import compile_manifest
 from mtpmanifest.source import Checkpoint
 from mtpmanifest.weights import GGUFWeights, SourceWeights
 
@@ -55,10 +56,7 @@ MTP_GGUF = sorted(f"blk.{MTP}.{n}.weight" for n in (
     "ffn_gate_shexp", "ffn_up_shexp", "ffn_down_shexp", "ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"))
 
 
-def manifest_of(ckpt_dir, quant="f32", *overrides):
-    cfg = compose_cfg(ARCH, f"quant={quant}", f"model.path={ckpt_dir}", *overrides)
-    ckpt = Checkpoint.open(ckpt_dir)
-    return cfg, compile_manifest(cfg.arch, cfg.quant, ckpt), ckpt
+manifest_of = partial(family_manifest, ARCH)
 
 
 @pytest.fixture(scope="module", params=["tiny", "declared"])

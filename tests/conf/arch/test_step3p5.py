@@ -7,23 +7,21 @@ from __future__ import annotations
 
 import json
 import re
+from functools import partial
 
 import numpy as np
 import pytest
 import torch
 
 from conftest import compose_cfg, run_cli
+from family_run import calibrated_run, manifest_of as family_manifest
 from llamacpp_convert import convert_with_llamacpp, gguf_layout, layout_differences
-from mtpmanifest import pipeline
 from mtpmanifest.accept_stage import heldout_tokens
 from mtpmanifest.convert import convert
 from mtpmanifest.demo import DEMO_DIR
 from mtpmanifest.fixtures import step3p5 as step
 from mtpmanifest.forward import ModelForward
-from mtpmanifest.imatrix import Imatrix
 from mtpmanifest.llamacpp import probe
-from mtpmanifest.plan import compile_manifest
-from mtpmanifest.source import Checkpoint
 from mtpmanifest.weights import GGUFWeights
 
 ARCH = "arch=step3p5"
@@ -33,10 +31,7 @@ BAD_LOAD_WORDS = ("unused tensor", "wrong number of tensors", "not found", "wron
 LOGIT_ATOL = 1e-3  # float32 both sides: summation order only (~1e-6 measured); a wrong mask or rope moves ~0.1
 
 
-def manifest_of(ckpt_dir, quant="f32", *overrides):
-    cfg = compose_cfg(ARCH, f"quant={quant}", *overrides)
-    ckpt = Checkpoint.open(ckpt_dir)
-    return cfg, compile_manifest(cfg.arch, cfg.quant, ckpt), ckpt
+manifest_of = partial(family_manifest, ARCH)
 
 
 @pytest.fixture(scope="module")
@@ -143,13 +138,7 @@ def test_quantized_keeps_three_working_heads(quant, tmp_path):
     converted, verified (acceptance retained on every head), and llama.cpp runs the written head."""
     ckpt = step.write_checkpoint(tmp_path / "ckpt", weights=step.aligned_weights())
     out = tmp_path / "out"
-    cfg = compose_cfg(ARCH, f"quant={quant}", f"model.path={ckpt}", f"output.dir={out}", "calib.enabled=true",
-                      "calib.samples=2", "calib.seq_len=64", "accept.max_tokens=512", "accept.llamacpp_tokens=256")
-    record = pipeline.run(cfg, progress=False)
-    assert record["exit_code"] == 0
-    manifest = json.loads((out / "manifest.json").read_text())
-    wanted = {t["name"] for t in manifest["tensors"] if t["wants_imatrix"]}
-    entries = set(Imatrix.read(out / "imatrix.gguf").entries)
+    record, entries, wanted = calibrated_run(ARCH, ckpt, out, quant, "accept.llamacpp_tokens=256")
     assert wanted <= entries
     for block in MTP_BLOCKS:
         assert {f"blk.{block}.nextn.eh_proj.weight", f"blk.{block}.attn_gate.weight",

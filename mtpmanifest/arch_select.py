@@ -8,14 +8,13 @@ one would be silently ignored; mtpmanifest refuses it instead (exit 2), naming b
 from __future__ import annotations
 
 import difflib
-import json
 import re
 from pathlib import Path
 from typing import Any, Iterable
 
 import yaml
 
-from .errors import BadInputError, ConfigError
+from .errors import ConfigError
 
 AUTO = "auto"  # arch=auto: conf/arch/auto.yaml holds only `name: auto`
 CHECKED_GROUPS = ("arch", "quant", "calib", "sweep")
@@ -55,19 +54,6 @@ def arch_index(dirs: Iterable[Path]) -> dict[str, dict[str, Any]]:
             index[name] = {"hf_architectures": list(data.get("hf_architectures") or []),
                            "model_types": list(data.get("model_types") or []), "file": path}
     return index
-
-
-def read_model_config(model_dir: Path) -> dict[str, Any]:
-    path = Path(model_dir) / "config.json"
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise BadInputError(f"{path}: not found (arch=auto reads the checkpoint's config.json)") from None
-    except (OSError, ValueError) as exc:
-        raise BadInputError(f"{path}: cannot read: {exc}") from None
-    if not isinstance(config, dict):
-        raise BadInputError(f"{path}: not a JSON object")
-    return config
 
 
 def pick_arch(config: dict[str, Any], index: dict[str, dict[str, Any]], where: str = "config.json") -> str:

@@ -12,9 +12,10 @@ from hydra import compose
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from .arch_select import AUTO, arch_index, pick_arch, read_model_config, shadowing_errors
+from .arch_select import AUTO, arch_index, pick_arch, shadowing_errors
 from .errors import ConfigError
 from .lint import shipped_conf_dir
+from .source import load_json_object
 
 log = logging.getLogger("mtpmanifest")
 
@@ -44,7 +45,7 @@ def resolve_auto(cfg: DictConfig) -> DictConfig:
     from .demo import DEMO_DIR
 
     model_dir = Path(cfg.model.path).expanduser() if cfg.model.path else DEMO_DIR
-    name = pick_arch(read_model_config(model_dir), arch_index([shipped_conf_dir(), *user_dirs()]),
+    name = pick_arch(load_json_object(model_dir / "config.json"), arch_index([shipped_conf_dir(), *user_dirs()]),
                      str(model_dir / "config.json"))
     log.info("arch=auto: %s/config.json -> arch=%s", model_dir, name)
     hydra_cfg = HydraConfig.get()

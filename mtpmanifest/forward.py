@@ -75,10 +75,10 @@ class MtpHead(nn.Module):
         self.recipe, self.tensors = recipe, head
         offset = recipe.norm_offset
         self.embed = hf.embedding(weights.array(head.embedding))
-        self.embedding_norm = hf.rms_norm(cfg, family, weights.array(head.embedding_norm), offset)
-        self.hidden_norm = hf.rms_norm(cfg, family, weights.array(head.hidden_norm), offset)
+        self.embedding_norm = hf.rms_norm(cfg, weights.array(head.embedding_norm), offset)
+        self.hidden_norm = hf.rms_norm(cfg, weights.array(head.hidden_norm), offset)
         self.projection = hf.linear(weights.array(head.projection))
-        self.final_norm = hf.rms_norm(cfg, family, weights.array(head.final_norm), offset)
+        self.final_norm = hf.rms_norm(cfg, weights.array(head.final_norm), offset)
         self.head = hf.linear(weights.array(head.head))
 
     def names(self) -> dict[str, list[str]]:
@@ -163,7 +163,7 @@ class ModelForward:
         del embed
         for block in range(self.n_trunk):
             x = self._block(block, x)
-        norm = hf.rms_norm(self.cfg, self.family, self.weights.array(OUTPUT_NORM))
+        norm = hf.rms_norm(self.cfg, self.weights.array(OUTPUT_NORM))
         output = OUTPUT if self.weights.has(OUTPUT) else TOKEN_EMBD  # tied embeddings: llama.cpp's fallback too
         head = hf.linear(self.weights.array(output))
         self._hook(None, norm, {"weight": [OUTPUT_NORM]})

@@ -33,7 +33,6 @@ class Family:
     module: str  # transformers modeling module
     config_class: str
     decoder_layer: str
-    rms_norm: str
     rotary: str
     fused_experts: re.Pattern  # per-expert source name -> (experts module, expert, projection)
     # config.json -> keyword arguments of config_class (a family without its own transformers class maps here)
@@ -46,7 +45,7 @@ class Family:
 
     def classes(self) -> dict[str, Any]:
         mod = importlib.import_module(self.module)
-        return {k: getattr(mod, getattr(self, k)) for k in ("decoder_layer", "rms_norm", "rotary")}
+        return {k: getattr(mod, getattr(self, k)) for k in ("decoder_layer", "rotary")}
 
 
 # transformers 5 stores routed experts fused: gate_up_proj [E, 2I, h] (gate rows first), down_proj [E, h, I]
@@ -60,8 +59,8 @@ def _mimo_config(config: dict) -> dict:
     return {k: v for k, v in config.items() if k not in ("quantization_config", "auto_map", "num_nextn_predict_layers")}
 
 
-def _mimo_layer(cfg, block: int, n_trunk: int):
-    """MiMo's MTP block is a Qwen2 block with full attention (layer_types only covers the trunk)."""
+def full_attention_mtp(cfg, block: int, n_trunk: int):
+    """An MTP block is a full-attention block (config.layer_types only covers the trunk): MiMo, Qwen3-Next."""
     if block < n_trunk:
         return cfg, block
     cfg = copy.copy(cfg)
@@ -99,27 +98,26 @@ _STEP3P5_RENAMES = (("moe.gate.weight", "mlp.gate.weight"), ("moe.router_bias", 
 def families() -> dict[str, Family]:
     """Torch forward per config.json model_type (built per call: no shared mutable registry)."""
     return {
-        # mtpmanifest.hf_qwen3_next: transformers' classes; linear-attention blocks without the 4-D mask and a
-        # plain RMSNorm for the GGUF-space (w + 1) head norms
-        "qwen3_next": Family("mtpmanifest.hf_qwen3_next", "Qwen3NextConfig", "DecoderLayer", "RMSNorm",
+        # mtpmanifest.hf_qwen3_next: transformers' classes; linear-attention blocks without the 4-D mask
+        "qwen3_next": Family("mtpmanifest.hf_qwen3_next", "Qwen3NextConfig", "DecoderLayer",
                              "RotaryEmbedding", _EXPERT, layer_config=_qwen3_next_layer),
         "deepseek_v3": Family("transformers.models.deepseek_v3.modeling_deepseek_v3", "DeepseekV3Config",
-                              "DeepseekV3DecoderLayer", "DeepseekV3RMSNorm", "DeepseekV3RotaryEmbedding", _EXPERT),
+                              "DeepseekV3DecoderLayer", "DeepseekV3RotaryEmbedding", _EXPERT),
         # plain Llama blocks: for user families built on them (docs/adding-an-architecture.md)
-        "llama": Family("transformers.models.llama.modeling_llama", "LlamaConfig", "LlamaDecoderLayer", "LlamaRMSNorm",
+        "llama": Family("transformers.models.llama.modeling_llama", "LlamaConfig", "LlamaDecoderLayer",
                         "LlamaRotaryEmbedding", _EXPERT),
         "glm4_moe": Family("transformers.models.glm4_moe.modeling_glm4_moe", "Glm4MoeConfig",
-                           "Glm4MoeDecoderLayer", "Glm4MoeRMSNorm", "Glm4MoeRotaryEmbedding", _EXPERT),
+                           "Glm4MoeDecoderLayer", "Glm4MoeRotaryEmbedding", _EXPERT),
         "mimo": Family("transformers.models.qwen2.modeling_qwen2", "Qwen2Config", "Qwen2DecoderLayer",
-                       "Qwen2RMSNorm", "Qwen2RotaryEmbedding", _EXPERT, config_kwargs=_mimo_config,
-                       layer_config=_mimo_layer),
+                       "Qwen2RotaryEmbedding", _EXPERT, config_kwargs=_mimo_config,
+                       layer_config=full_attention_mtp),
         "ernie4_5_moe": Family("transformers.models.ernie4_5_moe.modeling_ernie4_5_moe", "Ernie4_5_MoeConfig",
-                               "Ernie4_5_MoeDecoderLayer", "Ernie4_5_MoeRMSNorm", "Ernie4_5_MoeRotaryEmbedding",
+                               "Ernie4_5_MoeDecoderLayer", "Ernie4_5_MoeRotaryEmbedding",
                                _EXPERT, layer_config=_ernie_layer,
                                renames=(("mlp.moe_statics.", "mlp.gate.moe_statics."),)),
         # mtpmanifest.hf_step3p5: transformers' Step3p7 text decoder over trunk and MTP blocks (one config),
-        # sliding-window masks and per-type rotary, a plain RMSNorm for the GGUF-space (w + 1) norms
-        "step3p5": Family("mtpmanifest.hf_step3p5", "Step3p7TextConfig", "DecoderLayer", "RMSNorm",
+        # sliding-window masks and per-type rotary
+        "step3p5": Family("mtpmanifest.hf_step3p5", "Step3p7TextConfig", "DecoderLayer",
                           "RotaryEmbedding", _EXPERT, config_kwargs=_step3p5_config, renames=_STEP3P5_RENAMES),
     }
 
@@ -215,8 +213,13 @@ def decoder_layer(cfg, family: Family, block: int, arrays: dict[str, np.ndarray]
     return layer.eval()
 
 
-def rms_norm(cfg, family: Family, weight: np.ndarray, offset: float = 0.0) -> nn.Module:
-    norm = family.classes()["rms_norm"](weight.shape[0], eps=cfg.rms_norm_eps)
+def rms_norm(cfg, weight: np.ndarray, offset: float = 0.0) -> nn.Module:
+    """An RMSNorm outside decoder blocks (output_norm, the MTP head's norms) from a GGUF-space weight: that
+    holds the scale itself (llama.cpp stores w + 1 of a zero-centred norm), so every family runs a plain
+    RMSNorm here, scaling by offset + w."""
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    norm = LlamaRMSNorm(weight.shape[0], eps=cfg.rms_norm_eps)
     norm.weight = nn.Parameter(torch.from_numpy(np.asarray(weight, dtype=np.float32) + np.float32(offset)), requires_grad=False)
     return norm.eval()
 

@@ -10,20 +10,17 @@ Adaptations, no reimplementation:
   is built as layer N + k (its own attention type, head count, dense MLP).
 - `RotaryEmbedding`: rotary tables of every layer type at once; `DecoderLayer` takes its own type's and turns the
   causal mask it is given into a sliding-window one on sliding layers (window as llama.cpp's: i - j < window).
-- `RMSNorm`: the norms forward.py builds from GGUF-space arrays (output_norm and each MTP head's enorm, hnorm,
-  shared_head_norm) already hold the scale 1 + w, so they run as a plain RMSNorm; decoder blocks take the
-  checkpoint's zero-centred values and keep Step3p7RMSNorm (1 + w) inside.
+Decoder blocks take the checkpoint's zero-centred norms and keep Step3p7RMSNorm (1 + w) inside.
 Checkpoint names become Step3p7 module names through the family's renames (hf_modules: stacked experts
 `moe.gate_proj` + `moe.up_proj` become the fused `mlp.experts.gate_up_proj`, gate rows first).
 """
 from __future__ import annotations
 
 import torch
-from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeRMSNorm as RMSNorm
 from transformers.models.step3p7.configuration_step3p7 import Step3p7TextConfig
 from transformers.models.step3p7.modeling_step3p7 import Step3p7DecoderLayer, Step3p7RotaryEmbedding
 
-__all__ = ["Step3p7TextConfig", "DecoderLayer", "RMSNorm", "RotaryEmbedding", "config_kwargs"]
+__all__ = ["Step3p7TextConfig", "DecoderLayer", "RotaryEmbedding", "config_kwargs"]
 
 SLIDING = "sliding_attention"
 _NOT_CONFIG = ("quantization_config", "architectures", "model_type", "auto_map")

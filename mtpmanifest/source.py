@@ -83,6 +83,17 @@ def _load_json(file: pathlib.Path):
         raise _bad(file, f"not UTF-8 text: {err.reason} at byte {err.start}") from None
 
 
+def load_json_object(file: pathlib.Path, *, optional: bool = False) -> dict | None:
+    """A JSON object file (config.json, tokenizer_config.json …); None when `optional` and absent. Every
+    problem is one BadInputError naming the file."""
+    if optional and not pathlib.Path(file).is_file():
+        return None
+    data = _load_json(file)
+    if not isinstance(data, dict):
+        raise _bad(file, f"JSON is {type(data).__name__}, not an object")
+    return data
+
+
 def _read_weight_map(index_file: pathlib.Path) -> dict[str, str]:
     index = _load_json(index_file)
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
@@ -187,9 +198,7 @@ class Checkpoint:
     def open(cls, path) -> "Checkpoint":
         model_dir = pathlib.Path(path)
         config_file = model_dir / "config.json"
-        config = _load_json(config_file)
-        if not isinstance(config, dict):
-            raise _bad(config_file, f"JSON is {type(config).__name__}, not an object")
+        config = load_json_object(config_file)
         quant = config.get("quantization_config") or {}
         block_size = quant.get("weight_block_size") if isinstance(quant, dict) else quant
         if block_size is not None and not (isinstance(block_size, list) and len(block_size) == 2

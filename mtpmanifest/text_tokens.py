@@ -4,21 +4,10 @@ releases ship), with BOS/EOS added as its tokenizer_config.json says (LlamaToken
 EOS no)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from .errors import BadInputError
-
-
-def _tokenizer_config(model_dir: Path) -> dict:
-    path = model_dir / "tokenizer_config.json"
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadInputError(f"{path}: cannot parse: {exc}") from None
-    return data if isinstance(data, dict) else {}
+from .source import load_json_object
 
 
 def encode_text(model_dir: Path, text: str, *, special: bool, purpose: str = "this stage") -> list[int]:
@@ -36,7 +25,7 @@ def encode_text(model_dir: Path, text: str, *, special: bool, purpose: str = "th
         from .vocab_spm import load_processor
 
         sp = load_processor(model_dir / "tokenizer.model")
-        config = _tokenizer_config(model_dir) if special else {}
+        config = (load_json_object(model_dir / "tokenizer_config.json", optional=True) or {}) if special else {}
         add_bos = special and config.get("add_bos_token", True) is not False and sp.bos_id() >= 0
         add_eos = special and config.get("add_eos_token", False) is True and sp.eos_id() >= 0
         return sp.encode(text, add_bos=add_bos, add_eos=add_eos)

@@ -11,7 +11,6 @@ entries, and refuses added ids llama.cpp's converter accepts, so its vocabulary 
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import gguf
 
 from .errors import BadInputError
+from .source import load_json_object
 
 log = logging.getLogger(__name__)
 PAD_SCORE = -10000.0
@@ -56,18 +56,6 @@ def load_processor(path: Path):
     return processor
 
 
-def _json(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadInputError(f"{path}: cannot parse: {exc}") from None
-    if not isinstance(data, dict):
-        raise BadInputError(f"{path}: not a JSON object")
-    return data
-
-
 def _piece_type(sp, i: int) -> int:
     for test, kind in ((sp.IsUnknown, gguf.TokenType.UNKNOWN), (sp.IsControl, gguf.TokenType.CONTROL),
                        (sp.IsUnused, gguf.TokenType.UNUSED), (sp.IsByte, gguf.TokenType.BYTE)):
@@ -96,10 +84,10 @@ def read_sentencepiece(model_dir: Path, n_vocab: int) -> SpmVocab:
         tokens[token_id], scores[token_id], types[token_id] = text, ADDED_SCORE, kind
 
     added_path = model_dir / "added_tokens.json"
-    for text, token_id in (_json(added_path) or {}).items():
+    for text, token_id in (load_json_object(added_path, optional=True) or {}).items():
         put(token_id, text, int(gguf.TokenType.USER_DEFINED), added_path)
     config_path = model_dir / "tokenizer_config.json"
-    config = _json(config_path) or {}
+    config = load_json_object(config_path, optional=True) or {}
     decoder = config.get("added_tokens_decoder") or {}
     if not isinstance(decoder, dict):
         raise BadInputError(f"{config_path}: added_tokens_decoder is not an object")

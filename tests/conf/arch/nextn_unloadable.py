@@ -7,7 +7,9 @@ import gguf
 import numpy as np
 
 from conftest import copy_gguf
+from mtpmanifest.forward import ModelForward
 from mtpmanifest.llamacpp import probe
+from mtpmanifest.weights import GGUFWeights
 
 # float32 on both sides: only summation order differs (~1e-6 here); a wrong rope or router moves logits by ~0.1
 LOGIT_ATOL = 1e-3
@@ -48,3 +50,19 @@ def llamacpp_trunk_logits(path, tokens) -> np.ndarray:
     assert result.n_layer_nextn == 0
     assert [w for w in result.warnings if "unused tensor" in w or "wrong" in w] == []
     return result.logits
+
+
+def assert_refused_but_trunk_runs(f32_gguf, n_mtp_tensors: int, n_trunk: int, tokens, tmp_path) -> None:
+    """llama.cpp's loader of a family without MTP support refuses the file whatever load_mtp says ("wrong number
+    of tensors", counting the MTP block's as extra); without the MTP block the very same file runs, and its
+    logits are our torch trunk's."""
+    cfg, manifest, ckpt, path = f32_gguf
+    refusals = llamacpp_refusals(path, tokens)
+    print(f"llama.cpp on {path.name}:", refusals)
+    n_ours = len(manifest.tensors)
+    for line in refusals.values():
+        assert f"wrong number of tensors; expected {n_ours}, got {n_ours - n_mtp_tensors}" in line
+    logits = llamacpp_trunk_logits(trunk_only(path, tmp_path / "trunk.gguf", n_trunk), tokens)
+    trunk = ModelForward(ckpt.config, cfg.arch.mtp_head, GGUFWeights(manifest, path), keep_logits=True).trunk(tokens)
+    assert np.abs(logits - trunk.scores.logits[0]).max() < LOGIT_ATOL
+    assert (logits.argmax(-1) == trunk.scores.argmax[0]).all()

@@ -26,8 +26,7 @@ from mtpmanifest.forward import ModelForward
 from mtpmanifest.source import Checkpoint
 from mtpmanifest.weights import GGUFWeights, SourceWeights
 from mtpmanifest.fixtures.mtp_aligned import agreeing_projection, quiet_blocks
-from nextn_unloadable import (LOGIT_ATOL, llamacpp_refusals, llamacpp_trunk_logits,
-                              tensor_data, trunk_only)
+from nextn_unloadable import assert_refused_but_trunk_runs, tensor_data
 
 ARCH = "arch=mimo"
 N = mimo.TINY_CONFIG["num_hidden_layers"]  # block of the MTP layer
@@ -162,16 +161,7 @@ def test_torch_trunk_and_head_equal_transformers(f32_gguf):
 def test_llamacpp_refuses_the_file_and_runs_its_trunk(f32_gguf, tmp_path):
     """llama.cpp's qwen2 loader has no MTP tensors: it refuses the file whatever load_mtp says. Without the
     MTP block, the very same file runs, and its logits are our torch trunk's."""
-    cfg, manifest, ckpt, path = f32_gguf
-    refusals = llamacpp_refusals(path, TOKENS)
-    print("llama.cpp on mimo GGUF:", refusals)
-    n_ours = len(manifest.tensors)
-    for line in refusals.values():
-        assert f"wrong number of tensors; expected {n_ours}, got {n_ours - len(MTP_BLOCK | NEXTN)}" in line
-    logits = llamacpp_trunk_logits(trunk_only(path, tmp_path / "trunk.gguf", N), TOKENS)
-    trunk = ModelForward(ckpt.config, cfg.arch.mtp_head, GGUFWeights(manifest, path), keep_logits=True).trunk(TOKENS)
-    assert np.abs(logits - trunk.scores.logits[0]).max() < LOGIT_ATOL
-    assert (logits.argmax(-1) == trunk.scores.argmax[0]).all()
+    assert_refused_but_trunk_runs(f32_gguf, len(MTP_BLOCK | NEXTN), N, TOKENS, tmp_path)
 
 
 def aligned_weights(*, order: str = "mimo", beta: float = 0.3) -> dict[str, np.ndarray]:

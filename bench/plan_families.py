@@ -38,7 +38,7 @@ def releases() -> dict[str, tuple[str, dict, object]]:
         return lambda out, config: module.write_checkpoint(out, config, header_only=True, tokenizer=False)
 
     return {
-        "DeepSeek-V3": ("deepseek_v3", deepseek_v3_full(), header_only_deepseek),
+        "DeepSeek-V3": ("deepseek_v3", deepseek_v3_full(), header_only(deepseek_v3)),
         "GLM-4.5": ("glm4_moe", glm4_moe.FULL_CONFIG, header_only(glm4_moe)),
         "GLM-4.5-Air": ("glm4_moe", glm4_moe.AIR_CONFIG, header_only(glm4_moe)),
         "GLM-4.6": ("glm4_moe", glm4_moe.FULL_CONFIG_46, lambda out, config: glm4_moe.write_checkpoint(
@@ -55,14 +55,6 @@ def deepseek_v3_full() -> dict:
     from plan_full_scale import FULL_CONFIG
 
     return FULL_CONFIG
-
-
-def header_only_deepseek(out: Path, config: dict) -> Path:
-    """The DeepSeek fixture writes data; its specs through the shared header-only writer instead."""
-    from mtpmanifest.fixtures.checkpoint import write_specs
-
-    specs = [(name, shape, kind, "model.safetensors") for name, shape, kind in deepseek_v3.tensor_specs(config)]
-    return write_specs(out, config, specs, header_only=True, tokenizer=False)
 
 
 def measure(label: str, arch_name: str, config: dict, write, runs: int, root: Path) -> dict:

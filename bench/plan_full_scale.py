@@ -35,7 +35,8 @@ import time
 
 from mtpmanifest.demo import DEMO_DIR
 from mtpmanifest.fixtures.checkpoint import write_header_only
-from mtpmanifest.fixtures.deepseek_v3 import TINY_CONFIG, scale_inv_shape, tensor_specs
+from mtpmanifest.fixtures.deepseek_v3 import TINY_CONFIG, tensor_specs
+from mtpmanifest.fixtures.fp8 import scale_inv_shape
 
 # The public deepseek-ai/DeepSeek-V3 config.json. TINY_CONFIG lists every key of that file except auto_map.
 FULL_CONFIG: dict = dict(
